@@ -1,0 +1,7 @@
+"""`python -m cnndsl` runs the command line."""
+
+import sys
+
+from cnndsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""`cnndsl compile SPEC`: the summary of a network (table or JSON), or its diagnostics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cnndsl.cli.common import add_spec_arguments, compile_from_args, report
+from cnndsl.ir import dump
+from cnndsl.passes import count_macs, count_params, receptive_fields
+from cnndsl.source import CnnError
+from cnndsl.summary import render_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `cnndsl compile`."""
+    add_spec_arguments(parser)
+    parser.add_argument("--batch", type=int, default=1, metavar="B",
+                        help="batch size for the memory estimate (default 1)")
+    parser.add_argument("--depth", type=int, default=None, metavar="N",
+                        help="collapse block instances nested N deep or more into one row")
+    parser.add_argument("--format", choices=("table", "json", "ir"), default="table",
+                        help="table (default), json (schema in docs/json.md) or ir (one line"
+                        " per layer)")
+    parser.add_argument("--max-layers", type=int, default=None, metavar="N",
+                        help="refuse networks with more than N layers (default 100000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compile and print; 0 on success, 1 on diagnostics."""
+    if args.batch < 1:
+        print("error: --batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        net = compile_from_args(args)
+    except CnnError as exc:
+        if exc.partial is not None and len(exc.partial) and args.format == "table":
+            partial = receptive_fields(count_macs(count_params(exc.partial)))
+            where = exc.diagnostics[0].span
+            print(render_table(partial, depth=args.depth, batch=args.batch,
+                               failed_at=str(where) if where else "unknown place"))
+            print()
+        report(exc)
+        return 1
+    for warning in net.warnings:
+        print(warning.render(net.sources), file=sys.stderr)
+    if args.format == "json":
+        json.dump(net.to_json(depth=args.depth, batch=args.batch), sys.stdout, indent=1)
+        print()
+    elif args.format == "ir":
+        print(dump(net.graph))
+    else:
+        print(net.summary(depth=args.depth, batch=args.batch))
+    return 0

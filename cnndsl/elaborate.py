@@ -1,0 +1,974 @@
+"""Elaboration: AST -> IR.
+
+Runs a network's body at compile time: binds parameters, evaluates numbers,
+lists and conditions, expands `block` calls, `for` loops and `LAYER * n`
+repeats, applies `defaults`, and emits one IR layer per op application into
+an ir.Graph. Shapes are inferred as layers are emitted, because the language
+can read them (`x.channels`); every layer keeps the Span that produced it
+and the block instances around it.
+
+Raises CnnError for unknown names or ops, bad arguments, shape mismatches,
+failed assertions, recursion, import problems; the error carries the graph
+built so far (`partial`), so a summary can show where it went wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnndsl import syntax as ast
+from cnndsl.ir import Graph, Layer, Scope
+from cnndsl.ops import OPS
+from cnndsl.ops.registry import AttrError, Choice, ShapeError, show
+from cnndsl.parse import parse, resource_path
+from cnndsl.source import CnnError, Diagnostic, Span, error, near_names
+
+KEYWORDS = frozenset(
+    "network block input return if else for in assert import defaults train budget"
+    " and or not true false".split()
+)
+MAX_LAYERS = 100_000  # a runaway loop stops here with a clear error
+MAX_DEPTH = 64  # nested block calls
+
+
+# ---- Compile-time values ----
+
+
+class Symbol(str):
+    """A bare name that is bound to nothing: an option such as `same` or `relu`."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A value flowing through the network: the layer that made it, and its shape."""
+
+    path: str
+    shape: tuple[int, ...]
+    span: Span | None
+    origin: str  # e.g. "conv with stride=2"
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """An op or block configured with arguments, not yet applied (`conv(64, 3)`)."""
+
+    kind: str  # "op" | "block"
+    name: str
+    kwargs: tuple[tuple[str, Any], ...]
+    span: Span
+    repeat: int = 1
+    label: str | None = None  # name= given by the user
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A call to a name that is neither op nor block, inside `train {}`: `sgd(lr=0.1)`."""
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...]
+
+
+def kind_of(value: Any) -> str:
+    """How a value's type is named in messages."""
+    if isinstance(value, Tensor):
+        return f"tensor {list(value.shape)}"
+    if isinstance(value, LayerRef):
+        return f"layer {value.name}"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Symbol):
+        return f"name {value}"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, tuple):
+        return "tuple"
+    return type(value).__name__
+
+
+# ---- Files and their scopes ----
+
+
+@dataclass
+class FileScope:
+    """A loaded file: its definitions (own and imported), file-level defaults, text."""
+
+    module: ast.Module
+    text: str
+    names: dict[str, tuple[ast.Definition, FileScope]] = field(default_factory=dict)
+
+
+class Loader:
+    """Reads and parses files once each, resolving imports; detects import cycles."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, FileScope] = {}
+        self.sources: dict[str, str] = {}
+        self._loading: list[str] = []
+
+    def load_text(self, text: str, file: str) -> FileScope:
+        """Parse spec text and everything it imports."""
+        self.sources[file] = text
+        module = parse(text, file)
+        scope = FileScope(module, text)
+        self.files[file] = scope
+        self._loading.append(file)
+        try:
+            self._bind_names(scope, file)
+        finally:
+            self._loading.pop()
+        return scope
+
+    def load_file(self, path: Path, span: Span | None = None) -> FileScope:
+        """Read a .cnn file (cached by resolved path)."""
+        key = str(path)
+        if key in self.files:
+            return self.files[key]
+        if key in self._loading:
+            chain = " -> ".join([*self._loading[self._loading.index(key) :], key])
+            raise error("E061", f"import cycle: {chain}", span)
+        if path.suffix != ".cnn":
+            raise error("E062", f"can only import .cnn files, not '{path.name}'", span)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise error("E060", f"cannot import '{path}': no such file", span) from None
+        except OSError as exc:
+            raise error("E060", f"cannot read '{path}': {exc.strerror}", span) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error("E063", f"'{path}' is not UTF-8 text (byte {exc.start})", span) from None
+        return self.load_text(text, key)
+
+    def _bind_names(self, scope: FileScope, file: str) -> None:
+        for imp in scope.module.imports:
+            target = self._resolve_import(imp, file)
+            imported = self.load_file(target, imp.span)
+            for name, (definition, owner) in imported.names.items():
+                if owner is not imported:
+                    continue  # imports are not re-exported
+                self._declare(scope, name, definition, owner, imp.span)
+        for definition in scope.module.definitions:
+            self._declare(scope, definition.name, definition, scope, definition.span)
+
+    def _declare(self, scope: FileScope, name: str, definition: ast.Definition,
+                 owner: FileScope, span: Span) -> None:
+        if name in OPS:
+            raise error("E051", f"'{name}' is an op: a {definition.kind} cannot take its name",
+                        definition.span)
+        if name in scope.names:
+            first, _ = scope.names[name]
+            raise error(
+                "E050", f"'{name}' is defined twice", span,
+                f"note: {first.kind} '{name}' defined at {first.span}",
+                f"note: {definition.kind} '{name}' defined at {definition.span}",
+            )
+        scope.names[name] = (definition, owner)
+
+    def _resolve_import(self, imp: ast.Import, file: str) -> Path:
+        if imp.is_path:
+            base = Path(file).parent if not file.startswith("<") else Path.cwd()
+            return (base / imp.target).resolve()
+        parts = imp.target.split(".")
+        if parts[0] != "zoo" or len(parts) != 2:
+            raise error("E064", f"unknown module '{imp.target}': write `import zoo.NAME` for a"
+                        " shipped spec or `import \"file.cnn\"` for a file", imp.span)
+        path = resource_path("specs") / f"{parts[1]}.cnn"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in resource_path("specs").glob("*.cnn"))
+            raise error("E060", f"no shipped spec 'zoo.{parts[1]}'"
+                        + near_names(parts[1], shipped), imp.span,
+                        "note: shipped: " + ", ".join(shipped))
+        return path
+
+
+# ---- The elaborator ----
+
+
+@dataclass
+class Frame:
+    """One running body: bindings, defaults in force, naming counters, where it sits."""
+
+    file: FileScope
+    prefix: str  # path prefix, "" at network level, "stage2/residual_unit_1/" inside
+    scopes: tuple[Scope, ...]
+    trainable: bool
+    block_input: Tensor | None = None
+    bindings: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    in_train: bool = False
+
+    def fresh(self, base: str) -> str:
+        """The next numbered name for `base` in this body: conv_1, conv_2, ..."""
+        self.counters[base] = self.counters.get(base, 0) + 1
+        return f"{base}_{self.counters[base]}"
+
+
+class Returned(Exception):
+    """Control flow: a `return` statement ran."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Elaborator:
+    """Builds the IR of one network (or one block on a given input)."""
+
+    def __init__(self, loader: Loader, max_layers: int = MAX_LAYERS) -> None:
+        self.loader = loader
+        self.graph = Graph()
+        self.max_layers = max_layers
+        self.stack: list[str] = []  # block call stack, for recursion errors
+
+    # ---- entry points ----
+    def network(self, scope: FileScope, definition: ast.Definition,
+                overrides: dict[str, Any]) -> Graph:
+        """Elaborate a network with some parameters overridden."""
+        frame = Frame(scope, "", (), True)
+        frame.defaults = self._file_defaults(scope)
+        self._bind_params(frame, definition, dict(overrides), None, definition.span,
+                          overridable=True)
+        meta = self.graph.meta
+        meta.update(name=definition.name, file=definition.file, inputs=[], train={},
+                    budgets=(), params=dict(frame.bindings), span=definition.span)
+        result = self._run_body(frame, definition, require_return=True)
+        meta["outputs"] = [t.path for t in self._tensors_of(result, definition.span)]
+        if not meta["inputs"]:
+            raise error("E020", f"network '{definition.name}' declares no input: add"
+                        " `input image: [h, w, c]`", definition.span)
+        return self.graph
+
+    def block(self, scope: FileScope, definition: ast.Definition, input_shape: tuple[int, ...],
+              params: dict[str, Any]) -> Graph:
+        """Elaborate a block applied to an input of the given shape."""
+        image = self._emit("input", {"shape": input_shape}, [], None, Frame(scope, "", (), True),
+                           "input", definition.span)
+        self.graph.meta.update(name=definition.name, file=definition.file, inputs=[image.path],
+                               train={}, budgets=(), params=dict(params), span=definition.span)
+        ref = LayerRef("block", definition.name, tuple(params.items()), definition.span)
+        frame = Frame(scope, "", (), True)
+        out = self._apply(ref, [image], frame, definition.span)
+        self.graph.meta["outputs"] = [out.path]
+        return self.graph
+
+    # ---- statements ----
+    def _run_body(self, frame: Frame, definition: ast.Definition, require_return: bool) -> Any:
+        try:
+            self._exec_all(frame, definition.body)
+        except Returned as ret:
+            return ret.value
+        if require_return:
+            raise error("E021", f"{definition.kind} '{definition.name}' has no `return`",
+                        definition.span)
+        return None
+
+    def _exec_all(self, frame: Frame, stmts: tuple[ast.Stmt, ...]) -> None:
+        for stmt in stmts:
+            self._exec(frame, stmt)
+
+    def _exec(self, frame: Frame, stmt: ast.Stmt) -> None:
+        handler = self.STATEMENTS[type(stmt)]
+        handler(self, frame, stmt)
+
+    def _assign(self, frame: Frame, stmt: ast.Assign) -> None:
+        frame.bindings[stmt.name] = self.eval(frame, stmt.value)
+
+    def _input_decl(self, frame: Frame, stmt: ast.InputDecl) -> None:
+        if frame.block_input is not None or frame.prefix:
+            raise error("E022", "`input NAME: shape` declares a network input; inside a block,"
+                        " `input` is the block's input tensor", stmt.span)
+        shape = self.eval(frame, stmt.shape)
+        if not (isinstance(shape, (list, tuple)) and shape and all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise error("E023", f"input shape must be a list of positive whole numbers like"
+                        f" [28, 28, 1], not {show(shape)}", stmt.shape.span)
+        if stmt.name in frame.bindings:
+            raise error("E024", f"'{stmt.name}' is already bound", stmt.span)
+        tensor = self._emit("input", {"shape": tuple(shape)}, [], stmt.name, frame, "input",
+                            stmt.span)
+        self.graph.meta["inputs"].append(tensor.path)
+        frame.bindings[stmt.name] = tensor
+
+    def _return(self, frame: Frame, stmt: ast.Return) -> None:
+        raise Returned(self.eval(frame, stmt.value))
+
+    def _if(self, frame: Frame, stmt: ast.If) -> None:
+        if self._truth(self.eval(frame, stmt.test), stmt.test.span):
+            self._exec_all(frame, stmt.body)
+        else:
+            self._exec_all(frame, stmt.orelse)
+
+    def _for(self, frame: Frame, stmt: ast.For) -> None:
+        items = self.eval(frame, stmt.iterable)
+        if not isinstance(items, (list, tuple)):
+            raise error("E030", f"`for` needs a list, not {kind_of(items)}", stmt.iterable.span)
+        for item in items:
+            frame.bindings[stmt.var] = item
+            self._exec_all(frame, stmt.body)
+
+    def _assert(self, frame: Frame, stmt: ast.Assert) -> None:
+        if not self._truth(self.eval(frame, stmt.test), stmt.test.span):
+            message = self.eval(frame, stmt.message) if stmt.message else "assertion failed"
+            raise error("E040", f"assertion failed: {message}", stmt.test.span)
+
+    def _defaults(self, frame: Frame, stmt: ast.Defaults) -> None:
+        frame.defaults = {**frame.defaults}
+        values = self._defaults_values(frame, stmt)
+        frame.defaults[stmt.op] = {**frame.defaults.get(stmt.op, {}), **values}
+
+    def _defaults_values(self, frame: Frame, stmt: ast.Defaults) -> dict[str, Any]:
+        positional_names = self._arg_names(stmt.op, frame, stmt.span)
+        values: dict[str, Any] = {}
+        for i, arg in enumerate(stmt.args):
+            value = self.eval(frame, arg.value)
+            if arg.name is None:
+                if i >= len(positional_names):
+                    raise error("E012", f"too many positional defaults for {stmt.op}", arg.span)
+                values[positional_names[i]] = value
+            else:
+                values[arg.name] = value
+        accepted = self._accepted_args(stmt.op, frame)
+        for name in values:
+            if name not in accepted:
+                raise error("E011", f"{stmt.op} has no argument '{name}'"
+                            + near_names(name, accepted), stmt.span)
+        return values
+
+    def _train(self, frame: Frame, stmt: ast.Train) -> None:
+        if frame.prefix or frame.block_input is not None:
+            raise error("E070", "`train {}` belongs in a network, not a block", stmt.span)
+        settings: dict[str, Any] = {}
+        train_frame = Frame(frame.file, "", (), True, bindings=frame.bindings, in_train=True)
+        for s in stmt.settings:
+            if s.name not in TRAIN_SETTINGS:
+                raise error("E071", f"unknown train setting '{s.name}'"
+                            + near_names(s.name, TRAIN_SETTINGS), s.span,
+                            "note: settings: " + ", ".join(sorted(TRAIN_SETTINGS)))
+            settings[s.name] = TRAIN_SETTINGS[s.name](self.eval(train_frame, s.value), s.span)
+        self.graph.meta["train"] = settings
+
+    def _budget(self, frame: Frame, stmt: ast.Budget) -> None:
+        limits = []
+        for lim in stmt.limits:
+            if lim.name not in BUDGET_NAMES:
+                raise error("E072", f"unknown budget '{lim.name}'"
+                            + near_names(lim.name, BUDGET_NAMES), lim.span,
+                            "note: budgets: " + ", ".join(BUDGET_NAMES))
+            value = self.eval(frame, lim.value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise error("E072", f"a budget limit must be a number, not {kind_of(value)}",
+                            lim.value.span)
+            limits.append((lim.name, lim.op, value, lim.span))
+        self.graph.meta["budgets"] = (*self.graph.meta.get("budgets", ()), *limits)
+
+    STATEMENTS: dict[type, Callable[..., None]] = {
+        ast.Assign: _assign,
+        ast.InputDecl: _input_decl,
+        ast.Return: _return,
+        ast.If: _if,
+        ast.For: _for,
+        ast.Assert: _assert,
+        ast.Defaults: _defaults,
+        ast.Train: _train,
+        ast.Budget: _budget,
+    }
+
+    # ---- expressions ----
+    def eval(self, frame: Frame, expr: ast.Expr) -> Any:
+        """The compile-time value of an expression."""
+        return self.EXPRESSIONS[type(expr)](self, frame, expr)
+
+    def _name(self, frame: Frame, expr: ast.Name) -> Any:
+        name = expr.id
+        if name in frame.bindings:
+            return frame.bindings[name]
+        if name in OPS or name in frame.file.names:
+            return self._make_ref(frame, name, (), expr.span)
+        if name in BUILTINS:
+            raise error("E013", f"'{name}' is a function: call it as {name}(...)", expr.span)
+        return Symbol(name)
+
+    def _input_ref(self, frame: Frame, expr: ast.InputRef) -> Any:
+        if frame.block_input is None:
+            raise error("E025", "`input` refers to a block's input; in a network, use the name"
+                        " given in `input NAME: shape`", expr.span)
+        return frame.block_input
+
+    def _literal(self, frame: Frame, expr: ast.Literal) -> Any:
+        return expr.value
+
+    def _tuple(self, frame: Frame, expr: ast.TupleExpr) -> Any:
+        return tuple(self.eval(frame, e) for e in expr.items)
+
+    def _list(self, frame: Frame, expr: ast.ListExpr) -> Any:
+        return [self.eval(frame, e) for e in expr.items]
+
+    def _binop(self, frame: Frame, expr: ast.BinOp) -> Any:
+        a = self.eval(frame, expr.left)
+        b = self.eval(frame, expr.right)
+        self._no_symbol(a, expr.left)
+        self._no_symbol(b, expr.right)
+        if isinstance(a, Tensor) and isinstance(b, Tensor) and expr.op in ("+", "*"):
+            op = "add" if expr.op == "+" else "multiply"
+            return self._emit_checked(op, {}, [a, b], None, frame, expr.span)
+        if expr.op == "*" and isinstance(a, LayerRef) and _is_int(b):
+            return self._repeat(a, b, expr)
+        if expr.op == "*" and isinstance(b, LayerRef) and _is_int(a):
+            return self._repeat(b, a, expr)
+        if expr.op == "*" and isinstance(a, list) and _is_int(b):
+            return self._list_times(a, b, expr)
+        if expr.op == "*" and isinstance(b, list) and _is_int(a):
+            return self._list_times(b, a, expr)
+        if expr.op == "+" and isinstance(a, list) and isinstance(b, list):
+            return a + b
+        if expr.op == "+" and isinstance(a, str) and isinstance(b, str):
+            return a + b
+        if _is_num(a) and _is_num(b):
+            return self._arith(expr.op, a, b, expr)
+        raise error("E032", f"cannot apply `{expr.op}` to {kind_of(a)} and {kind_of(b)}",
+                    expr.span)
+
+    def _repeat(self, ref: LayerRef, n: int, expr: ast.BinOp) -> LayerRef:
+        if n < 1:
+            raise error("E033", f"a layer repeated {n} times: the count must be >= 1", expr.span)
+        if ref.repeat * n > self.max_layers:
+            raise error("E090", f"repeating {ref.repeat * n} times exceeds the limit of"
+                        f" {self.max_layers} layers", expr.span)
+        return LayerRef(ref.kind, ref.name, ref.kwargs, ref.span, ref.repeat * n, ref.label,
+                        ref.trainable)
+
+    def _list_times(self, items: list[Any], n: int, expr: ast.BinOp) -> list[Any]:
+        if len(items) * max(n, 0) > self.max_layers:
+            raise error("E090", f"a list of {len(items) * n} items exceeds the limit of"
+                        f" {self.max_layers}", expr.span)
+        return items * n
+
+    def _arith(self, op: str, a: Any, b: Any, expr: ast.BinOp) -> Any:
+        if op in ("/", "//", "%") and b == 0:
+            raise error("E034", "division by zero", expr.span)
+        if op == "*" and _is_int(a) and _is_int(b) and abs(a) > 1 and abs(b) > 1 and (
+                math.log2(abs(a)) + math.log2(abs(b)) > 62):
+            raise error("E035", "number too large (more than 2^62)", expr.span)
+        return ARITH[op](a, b)
+
+    def _arrow(self, frame: Frame, expr: ast.Arrow) -> Any:
+        value = self.eval(frame, expr.left)
+        inputs = self._tensors_of(value, expr.left.span, what="`->` needs a tensor on its left")
+        ref = self.eval(frame, expr.right)
+        if not isinstance(ref, LayerRef):
+            if isinstance(ref, Symbol):
+                raise self._undefined(frame, ref, expr.right.span)
+            raise error("E036", f"`->` needs a layer on its right, not {kind_of(ref)}",
+                        expr.right.span)
+        return self._apply(ref, inputs, frame, expr.right.span)
+
+    def _compare(self, frame: Frame, expr: ast.Compare) -> Any:
+        a = self.eval(frame, expr.left)
+        b = self.eval(frame, expr.right)
+        self._no_symbol(a, expr.left)
+        self._no_symbol(b, expr.right)
+        if isinstance(a, tuple):
+            a = list(a)
+        if isinstance(b, tuple):
+            b = list(b)
+        if expr.op in ("==", "!="):
+            return (a == b) == (expr.op == "==")
+        if not (_is_num(a) and _is_num(b)):
+            raise error("E032", f"cannot compare {kind_of(a)} and {kind_of(b)} with `{expr.op}`",
+                        expr.span)
+        return COMPARE[expr.op](a, b)
+
+    def _boolop(self, frame: Frame, expr: ast.BoolOp) -> Any:
+        left = self._truth(self.eval(frame, expr.left), expr.left.span)
+        if expr.op == "and" and not left:
+            return False
+        if expr.op == "or" and left:
+            return True
+        return self._truth(self.eval(frame, expr.right), expr.right.span)
+
+    def _not(self, frame: Frame, expr: ast.Not) -> Any:
+        return not self._truth(self.eval(frame, expr.value), expr.value.span)
+
+    def _neg(self, frame: Frame, expr: ast.Neg) -> Any:
+        value = self.eval(frame, expr.value)
+        if not _is_num(value):
+            raise error("E032", f"cannot negate {kind_of(value)}", expr.span)
+        return -value
+
+    def _ifexp(self, frame: Frame, expr: ast.IfExp) -> Any:
+        if self._truth(self.eval(frame, expr.test), expr.test.span):
+            return self.eval(frame, expr.body)
+        return self.eval(frame, expr.orelse)
+
+    def _attribute(self, frame: Frame, expr: ast.Attribute) -> Any:
+        value = self.eval(frame, expr.value)
+        if not isinstance(value, Tensor):
+            if isinstance(value, Symbol):
+                raise self._undefined(frame, value, expr.value.span)
+            raise error("E037", f"{kind_of(value)} has no attribute '{expr.attr}'", expr.span)
+        shape = value.shape
+        if expr.attr == "shape":
+            return list(shape)
+        if expr.attr == "channels":
+            return shape[-1]
+        if expr.attr in ("height", "width"):
+            if len(shape) != 3:
+                raise error("E037", f"a tensor of shape {list(shape)} has no {expr.attr}"
+                            " (only feature maps [h, w, c] do)", expr.span)
+            return shape[0] if expr.attr == "height" else shape[1]
+        raise error("E037", f"tensors have no attribute '{expr.attr}'"
+                    + near_names(expr.attr, TENSOR_ATTRS)
+                    + " (they have .height, .width, .channels, .shape)", expr.span)
+
+    def _index(self, frame: Frame, expr: ast.Index) -> Any:
+        value = self.eval(frame, expr.value)
+        idx = self.eval(frame, expr.index)
+        if not isinstance(value, (list, tuple)):
+            raise error("E038", f"cannot index {kind_of(value)}", expr.value.span)
+        if not _is_int(idx):
+            raise error("E038", f"an index must be a whole number, not {kind_of(idx)}",
+                        expr.index.span)
+        if not -len(value) <= idx < len(value):
+            raise error("E038", f"index {idx} out of range for a list of {len(value)}",
+                        expr.index.span)
+        return value[idx]
+
+    def _call(self, frame: Frame, expr: ast.Call) -> Any:
+        if not isinstance(expr.func, ast.Name):
+            raise error("E014", "only ops, blocks and functions can be called", expr.func.span)
+        name = expr.func.id
+        if name in frame.bindings:
+            raise error("E014", f"'{name}' is a value ({kind_of(frame.bindings[name])}), not"
+                        " an op or block", expr.func.span)
+        positional: list[Any] = []
+        tensors: list[Tensor] = []
+        kwargs: dict[str, Any] = {}
+        for arg in expr.args:
+            value = self.eval(frame, arg.value)
+            if arg.name is None:
+                if kwargs:
+                    raise error("E015", "a positional argument after a keyword argument",
+                                arg.span)
+                (tensors if isinstance(value, Tensor) else positional).append(value)
+            else:
+                if arg.name in kwargs:
+                    raise error("E016", f"argument '{arg.name}' given twice", arg.span)
+                kwargs[arg.name] = value
+        if name in BUILTINS:
+            return self._builtin(name, positional + tensors, kwargs, expr)
+        if name not in OPS and name not in frame.file.names:
+            if frame.in_train:
+                return Config(name, tuple(kwargs.items()))
+            raise error("E010", f"unknown op or block '{name}'"
+                        + near_names(name, [*OPS, *frame.file.names]), expr.func.span)
+        ref = self._make_ref(frame, name, tuple(positional), expr.span, kwargs, expr.args)
+        if tensors:
+            return self._apply(ref, tensors, frame, expr.span)
+        return ref
+
+    def _builtin(self, name: str, args: list[Any], kwargs: dict[str, Any],
+                 expr: ast.Call) -> Any:
+        if kwargs:
+            raise error("E017", f"{name}() takes no keyword arguments", expr.span)
+        try:
+            return BUILTINS[name](*args)
+        except (TypeError, ValueError) as exc:
+            raise error("E017", f"{name}(): {exc}", expr.span) from None
+
+    EXPRESSIONS: dict[type, Callable[..., Any]] = {
+        ast.Name: _name,
+        ast.InputRef: _input_ref,
+        ast.Literal: _literal,
+        ast.TupleExpr: _tuple,
+        ast.ListExpr: _list,
+        ast.BinOp: _binop,
+        ast.Arrow: _arrow,
+        ast.Compare: _compare,
+        ast.BoolOp: _boolop,
+        ast.Not: _not,
+        ast.Neg: _neg,
+        ast.IfExp: _ifexp,
+        ast.Attribute: _attribute,
+        ast.Index: _index,
+        ast.Call: _call,
+    }
+
+    # ---- layers ----
+    def _arg_names(self, name: str, frame: Frame, span: Span) -> tuple[str, ...]:
+        if name in OPS:
+            return OPS[name].args
+        if name in frame.file.names:
+            definition, _ = frame.file.names[name]
+            if definition.kind == "block":
+                return tuple(p.name for p in definition.params)
+            raise error("E018", f"'{name}' is a network; only ops and blocks are layers", span)
+        raise error("E010", f"unknown op or block '{name}'"
+                    + near_names(name, [*OPS, *frame.file.names]), span)
+
+    def _accepted_args(self, name: str, frame: Frame) -> list[str]:
+        if name in OPS:
+            return [*OPS[name].attrs, "name", "trainable"]
+        definition, _ = frame.file.names[name]
+        return [*(p.name for p in definition.params), "name", "trainable"]
+
+    def _make_ref(self, frame: Frame, name: str, positional: tuple[Any, ...], span: Span,
+                  kwargs: dict[str, Any] | None = None,
+                  args: tuple[ast.Arg, ...] = ()) -> LayerRef:
+        """Configure an op or block: positional to named, then defaults under explicit."""
+        names = self._arg_names(name, frame, span)
+        kind = "op" if name in OPS else "block"
+        if len(positional) > len(names):
+            raise error("E012", f"{name} takes at most {len(names)} positional argument"
+                        f"{'s' if len(names) != 1 else ''} ({', '.join(names) or 'none'}),"
+                        f" got {len(positional)}", span)
+        explicit = dict(zip(names, positional, strict=False))
+        for key, value in (kwargs or {}).items():
+            if key in explicit:
+                arg_span = next((a.span for a in args if a.name == key), span)
+                raise error("E016", f"argument '{key}' given twice (also positionally)",
+                            arg_span)
+            explicit[key] = value
+        label = explicit.pop("name", None)
+        trainable = explicit.pop("trainable", True)
+        if label is not None and not (isinstance(label, str) and _valid_label(label)):
+            raise error("E019", f"name= must be a string of letters, digits, '_' or '-',"
+                        f" not {show(label)}", span)
+        if not isinstance(trainable, bool):
+            raise error("E019", f"trainable= must be true or false, not {show(trainable)}",
+                        span)
+        merged = {**frame.defaults.get(name, {}), **explicit}
+        merged.pop("name", None)
+        merged.pop("trainable", None)
+        accepted = self._accepted_args(name, frame)
+        for key in merged:
+            if key not in accepted:
+                arg_span = next((a.span for a in args if a.name == key), span)
+                raise error("E011", f"{name} has no argument '{key}'"
+                            + near_names(key, accepted),
+                            arg_span, f"note: {name} takes: {', '.join(accepted)}")
+        return LayerRef(kind, name, tuple(merged.items()), span, 1, label, trainable)
+
+    def _apply(self, ref: LayerRef, inputs: list[Tensor], frame: Frame, span: Span) -> Tensor:
+        if ref.repeat > 1 and len(inputs) != 1:
+            raise error("E039", f"a repeated layer takes one input, got {len(inputs)}", span)
+        out: Tensor | None = None
+        for i in range(ref.repeat):
+            label = ref.label
+            if label is not None and ref.repeat > 1:
+                label = f"{label}_{i + 1}"
+            repeat = f"repeat {i + 1} of {ref.repeat}" if ref.repeat > 1 else ""
+            args = inputs if out is None else [out]
+            if ref.kind == "op":
+                out = self._emit_checked(ref.name, dict(ref.kwargs), args, label, frame, span,
+                                         trainable=ref.trainable, ref=ref)
+            else:
+                out = self._apply_block(ref, args, frame, span, label, repeat)
+        assert out is not None
+        return out
+
+    def _apply_block(self, ref: LayerRef, inputs: list[Tensor], frame: Frame, span: Span,
+                     label: str | None, repeat: str) -> Tensor:
+        definition, owner = frame.file.names[ref.name]
+        if len(inputs) != 1:
+            raise error("E039", f"block '{ref.name}' takes one input tensor, got {len(inputs)}",
+                        span)
+        if ref.name in self.stack:
+            chain = " -> ".join([*self.stack[self.stack.index(ref.name):], ref.name])
+            raise error("E052", f"block '{ref.name}' calls itself: {chain}", span)
+        if len(self.stack) >= MAX_DEPTH:
+            raise error("E052", f"blocks nested more than {MAX_DEPTH} deep", span)
+        instance = label or frame.fresh(ref.name)
+        path = frame.prefix + instance
+        if path in self.graph:
+            raise error("E053", f"two layers named '{path}'", span)
+        inner = Frame(owner, path + "/",
+                      (*frame.scopes, Scope(path, ref.name, span, repeat)),
+                      frame.trainable and ref.trainable, inputs[0])
+        inner.defaults = self._file_defaults(owner)
+        self._bind_params(inner, definition, dict(ref.kwargs), frame, span, overridable=False)
+        self.stack.append(ref.name)
+        try:
+            result = self._run_body(inner, definition, require_return=True)
+        finally:
+            self.stack.pop()
+        if not isinstance(result, Tensor):
+            raise error("E026", f"block '{ref.name}' must return a tensor, not"
+                        f" {kind_of(result)}", definition.span)
+        return result
+
+    def _bind_params(self, frame: Frame, definition: ast.Definition, given: dict[str, Any],
+                     caller: Frame | None, span: Span, overridable: bool) -> None:
+        names = [p.name for p in definition.params]
+        for key in given:
+            if key not in names:
+                what = "network" if overridable else "block"
+                raise error("E011", f"{what} '{definition.name}' has no parameter '{key}'"
+                            + near_names(key, names), span,
+                            f"note: parameters: {', '.join(names) or 'none'}")
+        for p in definition.params:
+            if p.name in KEYWORDS:
+                raise error("E054", f"'{p.name}' is a keyword", p.span)
+            if p.name in given:
+                frame.bindings[p.name] = given[p.name]
+            elif p.default is not None:
+                frame.bindings[p.name] = self.eval(frame, p.default)
+            else:
+                raise error("E012", f"{definition.kind} '{definition.name}' needs parameter"
+                            f" '{p.name}'", span if caller else p.span)
+
+    def _file_defaults(self, scope: FileScope) -> dict[str, dict[str, Any]]:
+        frame = Frame(scope, "", (), True)
+        for stmt in scope.module.defaults:
+            self._defaults(frame, stmt)
+        return frame.defaults
+
+    def _emit_checked(self, op: str, kwargs: dict[str, Any], inputs: list[Tensor],
+                      label: str | None, frame: Frame, span: Span, trainable: bool = True,
+                      ref: LayerRef | None = None) -> Tensor:
+        spec = OPS[op]
+        lo, hi = spec.arity
+        if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+            want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise error("E027", f"{op} takes {want} input tensor{'s' if want != '1' else ''},"
+                        f" got {len(inputs)}", span)
+        try:
+            attrs = spec.bind(**{k: _plain(v) for k, v in kwargs.items()})
+        except AttrError as exc:
+            value = kwargs.get(exc.attr) if exc.attr else None
+            kind = spec.attrs.get(exc.attr, (None, None))[0] if exc.attr else None
+            if isinstance(value, Symbol) and not isinstance(kind, Choice):
+                raise self._undefined(frame, value, span) from None
+            raise error("E011" if "has no argument" in exc.message else "E012",
+                        exc.message, span) from None
+        return self._emit(op, attrs, inputs, label, frame, op, span, trainable)
+
+    def _emit(self, op: str, attrs: Any, inputs: list[Tensor], label: str | None, frame: Frame,
+              base: str, span: Span | None, trainable: bool = True) -> Tensor:
+        """Add one layer to the graph, with its shape checked now."""
+        spec = OPS[op]
+        if not hasattr(attrs, "replace"):
+            attrs = spec.bind(**attrs)
+        if len(self.graph) >= self.max_layers:
+            raise error("E090", f"the network exceeds {self.max_layers} layers", span)
+        name = label or frame.fresh(base)
+        path = frame.prefix + name
+        if path in self.graph:
+            raise error("E053", f"two layers named '{path}'", span)
+        try:
+            shape = tuple(spec.shape(attrs, *[t.shape for t in inputs]))
+        except ShapeError as exc:
+            raise self._shape_error(op, exc, inputs, span) from None
+        if any(d <= 0 for d in shape):
+            raise error("E041", f"{op} output shape {list(shape)} has an empty axis", span,
+                        *self._origins(inputs))
+        if math.prod(shape) > 2**40:
+            raise error("E091", f"{op} output {list(shape)} is too large to allocate", span)
+        layer = Layer(path, op, attrs, tuple(t.path for t in inputs), span,
+                      frame.trainable and trainable, frame.scopes, shape=shape)
+        self.graph.add(layer)
+        origin = layer.label
+        return Tensor(path, shape, span, origin)
+
+    def _shape_error(self, op: str, exc: ShapeError, inputs: list[Tensor],
+                     span: Span | None) -> CnnError:
+        code = "E031" if op in ("add", "multiply", "concat") else "E041"
+        notes = self._origins(inputs)
+        if exc.working:
+            notes = [f"working: {exc.working}", *notes]
+        return error(code, exc.message, span, *notes)
+
+    def _origins(self, inputs: list[Tensor]) -> list[str]:
+        notes = []
+        for t in inputs:
+            where = f"line {t.span.line}" if t.span else "the input"
+            notes.append(f"{t.path}: {list(t.shape)} from {where} ({t.origin})")
+        return notes
+
+    # ---- helpers ----
+    def _tensors_of(self, value: Any, span: Span, what: str = "a network returns tensors"
+                    ) -> list[Tensor]:
+        if isinstance(value, Tensor):
+            return [value]
+        if isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, Tensor) for v in value):
+            return list(value)
+        if isinstance(value, Symbol):
+            raise error("E013", f"undefined name '{value}'", span)
+        raise error("E028", f"{what}, not {kind_of(value)}", span)
+
+    def _truth(self, value: Any, span: Span) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, Symbol):
+            return value != 0
+        if isinstance(value, Symbol):
+            raise error("E013", f"undefined name '{value}'", span)
+        raise error("E029", f"a condition must be true or false, not {kind_of(value)}", span)
+
+    def _no_symbol(self, value: Any, expr: ast.Expr) -> None:
+        if isinstance(value, Symbol):
+            raise error("E013", f"undefined name '{value}'", expr.span)
+
+    def _undefined(self, frame: Frame, name: str, span: Span) -> CnnError:
+        candidates = [*frame.bindings, *OPS, *frame.file.names]
+        return error("E013", f"undefined name '{name}'" + near_names(name, candidates), span)
+
+
+# ---- Tables ----
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _valid_label(label: str) -> bool:
+    return bool(label) and all(c.isalnum() or c in "_-." for c in label)
+
+
+def _plain(value: Any) -> Any:
+    """A spec value as an op argument: layer refs of bare activations become their names."""
+    if isinstance(value, LayerRef) and value.kind == "op" and not value.kwargs:
+        return value.name
+    if isinstance(value, Symbol):
+        return str(value)
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+ARITH: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+}
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+TENSOR_ATTRS = ("height", "width", "channels", "shape")
+
+
+def _range(*args: Any) -> list[int]:
+    if not all(_is_int(a) for a in args) or not 1 <= len(args) <= 3:
+        raise TypeError("takes 1 to 3 whole numbers")
+    out = range(*args)
+    if len(out) > MAX_LAYERS:
+        raise ValueError(f"a range of {len(out)} items exceeds the limit of {MAX_LAYERS}")
+    return list(out)
+
+
+def _len(value: Any) -> int:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"needs a list, not {kind_of(value)}")
+    return len(value)
+
+
+def _minmax(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        items = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+        if not items or not all(_is_num(a) for a in items):
+            raise TypeError("needs numbers")
+        return fn(items)
+
+    return call
+
+
+def _int(value: Any) -> int:
+    if not _is_num(value):
+        raise TypeError(f"needs a number, not {kind_of(value)}")
+    return int(value)
+
+
+BUILTINS: dict[str, Callable[..., Any]] = {
+    "range": _range,
+    "len": _len,
+    "min": _minmax(min),
+    "max": _minmax(max),
+    "int": _int,
+    "round": lambda v: int(round(v)) if _is_num(v) else _int(v),
+}
+
+
+def _as_name(value: Any, span: Span, what: str) -> str:
+    if isinstance(value, LayerRef) and not value.kwargs:
+        return value.name
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Config) and not value.kwargs:
+        return value.name
+    raise error("E073", f"{what} must be a name, not {kind_of(value)}", span)
+
+
+def _optimizer(value: Any, span: Span) -> dict[str, Any]:
+    if isinstance(value, Config):
+        return {"name": value.name, **{k: _plain(v) for k, v in value.kwargs}}
+    return {"name": _as_name(value, span, "optimizer")}
+
+
+def _metrics(value: Any, span: Span) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [_as_name(v, span, "a metric") for v in items]
+
+
+def _number(kind: type) -> Callable[[Any, Span], Any]:
+    def convert(value: Any, span: Span) -> Any:
+        if not _is_num(value) or (kind is int and not _is_int(value)) or value < 0:
+            raise error("E073", f"expected a {'whole ' if kind is int else ''}number >= 0,"
+                        f" not {show(value)}", span)
+        return kind(value)
+
+    return convert
+
+
+TRAIN_SETTINGS: dict[str, Callable[[Any, Span], Any]] = {
+    "loss": lambda v, s: _as_name(v, s, "loss"),
+    "optimizer": _optimizer,
+    "metrics": _metrics,
+    "batch": _number(int),
+    "epochs": _number(int),
+    "lr": _number(float),
+    "validation_split": _number(float),
+    "seed": _number(int),
+    "data": lambda v, s: _as_name(v, s, "data"),
+}
+BUDGET_NAMES = ("params", "trainable_params", "non_trainable_params", "macs", "layers")
+
+
+@contextmanager
+def _collecting() -> Iterator[None]:
+    yield
+
+
+def with_partial(exc: CnnError, graph: Graph, sources: dict[str, str]) -> CnnError:
+    """Attach the graph built so far and the source texts to an error."""
+    exc.partial = graph
+    exc.sources = {**sources, **exc.sources}
+    return exc
+
+
+def diagnostics_of(exc: CnnError) -> list[Diagnostic]:
+    """The diagnostics of an error (for symmetry with warnings lists)."""
+    return exc.diagnostics

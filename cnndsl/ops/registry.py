@@ -1,0 +1,477 @@
+"""The op registry: one class per op, holding everything the op means.
+
+Each op declares its argument schema (positional order, defaults, types),
+its shape rule, its weight shapes (parameter counts derive from these), its
+multiply-accumulate count, its receptive-field window, and its forward and
+backward kernels written once against an array module `xp` (numpy or cupy).
+`register` checks a class at import time and files it in `OPS`; every
+consumer looks ops up there (`OPS[layer.op].shape(...)`), never by a chain
+of `if`s.
+
+Shapes never include the batch axis: a feature map is `(h, w, c)` (NHWC,
+as Keras), a vector `(n,)`. Kernels see arrays with the batch axis first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+Shape = tuple[int, ...]
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+class AttrError(Exception):
+    """A bad argument to an op: raised by `Op.bind`, reported with the call's span."""
+
+    def __init__(self, message: str, attr: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attr = attr
+
+
+class ShapeError(Exception):
+    """An input shape the op cannot take; `working` shows the arithmetic that failed."""
+
+    def __init__(self, message: str, working: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.working = working
+
+
+# ---- Attribute types: convert a spec value to its normal form, or refuse it ----
+
+
+class AttrType:
+    """Converts and checks one attribute value; `describe` names what it accepts."""
+
+    describe = "a value"
+
+    def convert(self, name: str, value: Any) -> Any:
+        return value
+
+    def fail(self, name: str, value: Any) -> AttrError:
+        return AttrError(f"argument '{name}' must be {self.describe}, not {show(value)}", name)
+
+
+def show(value: Any) -> str:
+    """A value as the spec would write it, for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(show(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Int(AttrType):
+    """A whole number at least `min`."""
+
+    min: int | None = None
+
+    @property
+    def describe(self) -> str:  # type: ignore[override]
+        return "a whole number" + (f" >= {self.min}" if self.min is not None else "")
+
+    def convert(self, name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise self.fail(name, value)
+        if self.min is not None and value < self.min:
+            raise self.fail(name, value)
+        return int(value)
+
+
+@dataclass(frozen=True)
+class Float(AttrType):
+    """A real number in [min, max]."""
+
+    min: float | None = None
+    max: float | None = None
+    max_open: bool = False
+
+    @property
+    def describe(self) -> str:  # type: ignore[override]
+        lo = "" if self.min is None else f" >= {self.min}"
+        hi = "" if self.max is None else f" {'<' if self.max_open else '<='} {self.max}"
+        return "a number" + (lo + (" and" if lo and hi else "") + hi)
+
+    def convert(self, name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, value)
+        value = float(value)
+        if not math.isfinite(value):
+            raise self.fail(name, value)
+        if self.min is not None and value < self.min:
+            raise self.fail(name, value)
+        if self.max is not None and (value >= self.max if self.max_open else value > self.max):
+            raise self.fail(name, value)
+        return value
+
+
+@dataclass(frozen=True)
+class Bool(AttrType):
+    """true or false."""
+
+    describe = "true or false"
+
+    def convert(self, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(name, value)
+        return value
+
+
+@dataclass(frozen=True)
+class Pair(AttrType):
+    """An int n (meaning (n, n)) or a pair (h, w) of ints >= min."""
+
+    min: int = 1
+
+    @property
+    def describe(self) -> str:  # type: ignore[override]
+        return f"a whole number >= {self.min} or a pair (h, w) of them"
+
+    def convert(self, name: str, value: Any) -> tuple[int, int]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value, value)
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < self.min for v in value)
+        ):
+            raise self.fail(name, value)
+        return (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class Padding(AttrType):
+    """`same`, `valid`, or explicit zero padding per side: n or (h, w)."""
+
+    describe = "same, valid, a whole number >= 0 or a pair (h, w) of them"
+
+    def convert(self, name: str, value: Any) -> str | tuple[int, int]:
+        if isinstance(value, str):
+            if value in ("same", "valid"):
+                return value
+            raise AttrError(
+                f"argument '{name}' must be {self.describe}, not {value}"
+                + near("same valid".split(), value),
+                name,
+            )
+        return Pair(min=0).convert(name, value)
+
+
+@dataclass(frozen=True)
+class Choice(AttrType):
+    """One of a fixed set of names."""
+
+    options: tuple[str, ...] = ()
+
+    @property
+    def describe(self) -> str:  # type: ignore[override]
+        return "one of " + ", ".join(self.options)
+
+    def convert(self, name: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.options:
+            text = self.fail(name, value).message
+            if isinstance(value, str):
+                text += near(self.options, value)
+            raise AttrError(text, name)
+        return value
+
+
+def near(options: Sequence[str], value: str) -> str:
+    """'; did you mean X?' for a close option, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class Activation(Choice):
+    """The name of a registered activation (`relu`, `softmax`, ... or `none`)."""
+
+    def __init__(self) -> None:
+        super().__init__(options=())
+
+    @property
+    def describe(self) -> str:  # type: ignore[override]
+        return "an activation: " + ", ".join(["none", *ACTIVATIONS])
+
+    def convert(self, name: str, value: Any) -> str:
+        if value is None or value == "none" or value == "identity":
+            return "none"
+        if not isinstance(value, str) or value not in ACTIVATIONS:
+            text = self.fail(name, value).message
+            if isinstance(value, str):
+                text += near(list(ACTIVATIONS), value)
+            raise AttrError(text, name)
+        return value
+
+
+@dataclass(frozen=True)
+class Anything(AttrType):
+    """Any value (used by `input` for its declared shape)."""
+
+
+# ---- Bound attributes, weights, kernel context ----
+
+
+class Attrs(Mapping[str, Any]):
+    """An op's resolved arguments: immutable, hashable, readable as `a.kernel`."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_items", dict(items))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Attrs are immutable")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._items.items())))
+
+    def __repr__(self) -> str:
+        return f"Attrs({self._items!r})"
+
+    def replace(self, **changes: Any) -> Attrs:
+        """A copy with some values changed."""
+        return Attrs({**self._items, **changes})
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One weight array of a layer: shape, whether training updates it, initialiser."""
+
+    shape: Shape
+    trainable: bool = True
+    init: str = "glorot_uniform"  # glorot_uniform | zeros | ones
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A layer's receptive-field step per axis: effective kernel extent and stride.
+
+    `whole=True` means every output sees the whole input (global pools, dense).
+    """
+
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    whole: bool = False
+
+
+POINTWISE = Window()
+WHOLE = Window(whole=True)
+
+
+@dataclass
+class Context:
+    """What a kernel call may need besides its inputs.
+
+    training: batch statistics, dropout on. rng: an xp-compatible random
+    generator (numpy.random.Generator or cupy's). needs_input_grad: per
+    input, whether backward must compute it (False for the network's
+    image input, saving the first layer's col2im). overrides: backend
+    kernels that replace a generic one, keyed by name.
+    """
+
+    training: bool = False
+    rng: Any = None
+    needs_input_grad: tuple[bool, ...] = ()
+    overrides: Mapping[str, Callable[..., Any]] | None = None
+    cache: dict[str, Any] | None = None
+
+    def wants_grad(self, i: int) -> bool:
+        """Whether backward must produce the gradient of input i."""
+        return self.needs_input_grad[i] if i < len(self.needs_input_grad) else True
+
+
+# ---- The Op base class and the registry ----
+
+
+class Op:
+    """Base class of every op. Subclasses set the class attributes and override methods.
+
+    name: the spec keyword and registry key. args: positional argument order.
+    attrs: name -> (AttrType, default); REQUIRED marks an argument without one.
+    arity: (min, max) number of input tensors; max None means any number.
+    """
+
+    name: ClassVar[str] = ""
+    args: ClassVar[tuple[str, ...]] = ()
+    attrs: ClassVar[dict[str, tuple[AttrType, Any]]] = {}
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    key_attrs: ClassVar[tuple[str, ...]] = ()  # shown in summaries and plots
+    is_activation: ClassVar[bool] = False
+
+    def bind(self, *positional: Any, **kw: Any) -> Attrs:
+        """Fill defaults, convert values, reject unknown or missing arguments."""
+        if len(positional) > len(self.args):
+            raise AttrError(
+                f"{self.name} takes at most {len(self.args)} positional argument"
+                f"{'s' if len(self.args) != 1 else ''} ({', '.join(self.args) or 'none'}),"
+                f" got {len(positional)}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in zip(self.args, positional, strict=False):
+            values[name] = value
+        for name, value in kw.items():
+            if name not in self.attrs:
+                raise AttrError(
+                    f"{self.name} has no argument '{name}'" + near(list(self.attrs), name)
+                    + f" (it takes: {', '.join(self.attrs) or 'no arguments'})",
+                    name,
+                )
+            if name in values:
+                raise AttrError(f"argument '{name}' of {self.name} given twice", name)
+            values[name] = value
+        out: dict[str, Any] = {}
+        for name, (kind, default) in self.attrs.items():
+            if name in values:
+                out[name] = kind.convert(name, values[name])
+            elif default is REQUIRED:
+                raise AttrError(f"{self.name} needs argument '{name}' ({kind.describe})", name)
+            else:
+                out[name] = default
+        self.check(out)
+        return Attrs(out)
+
+    def check(self, a: dict[str, Any]) -> None:
+        """Cross-argument checks after conversion; raise AttrError."""
+
+    def shape(self, a: Attrs, *xs: Shape) -> Shape:
+        """Output shape (no batch axis) from the input shapes; raise ShapeError."""
+        raise NotImplementedError
+
+    def weights(self, a: Attrs, *xs: Shape) -> dict[str, WeightSpec]:
+        """Weight arrays by name (Keras layouts); parameter counts derive from these."""
+        return {}
+
+    def macs(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> int:
+        """Multiply-accumulates per sample."""
+        return 0
+
+    def window(self, a: Attrs, *xs: Shape) -> Window:
+        """Receptive-field step of this layer."""
+        return POINTWISE
+
+    def forward(
+        self, xp: Any, a: Attrs, xs: list[Array], w: dict[str, Array], ctx: Context
+    ) -> tuple[Array, Any]:
+        """Output batch and whatever backward needs (the 'saved' value)."""
+        raise NotImplementedError
+
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: dict[str, Array], ctx: Context
+    ) -> tuple[list[Array | None], dict[str, Array]]:
+        """Gradients of the inputs (None where not wanted) and of the trainable weights."""
+        raise NotImplementedError
+
+    def describe(self, a: Attrs) -> str:
+        """Short label with key arguments, e.g. 'conv 3×3/2, 128'."""
+        parts = []
+        for k in self.key_attrs:
+            v = a[k]
+            if isinstance(v, tuple) and len(v) == 2 and all(isinstance(i, int) for i in v):
+                v = f"{v[0]}×{v[1]}" if v[0] != v[1] else f"{v[0]}×{v[0]}"
+            parts.append(str(v))
+        return f"{self.name} {', '.join(parts)}" if parts else self.name
+
+
+OPS: dict[str, Op] = {}
+ACTIVATIONS: dict[str, Op] = {}
+
+_METHODS = ("shape", "forward", "backward")
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: check the op is complete and file it under its name."""
+    assert cls.name and cls.name not in OPS, f"op name missing or taken: {cls.name!r}"
+    for method in _METHODS:
+        assert getattr(cls, method) is not getattr(Op, method), f"{cls.name} lacks {method}"
+    for arg in cls.args:
+        assert arg in cls.attrs, f"{cls.name}: positional '{arg}' not in attrs"
+    op = cls()
+    OPS[cls.name] = op
+    if cls.is_activation:
+        ACTIVATIONS[cls.name] = op
+    return cls
+
+
+def same_padding(n: int, f: int, s: int) -> tuple[int, int]:
+    """TensorFlow/Keras `same`: out = ceil(n/s); the extra pixel goes bottom/right."""
+    out = -(-n // s)
+    total = max((out - 1) * s + f - n, 0)
+    return total // 2, total - total // 2
+
+
+def pads(padding: str | tuple[int, int], size: Shape, kernel: tuple[int, int],
+         stride: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) zero padding for a window op."""
+    if padding == "same":
+        return (same_padding(size[0], kernel[0], stride[0]),
+                same_padding(size[1], kernel[1], stride[1]))
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    assert isinstance(padding, tuple)
+    return (padding[0], padding[0]), (padding[1], padding[1])
+
+
+def window_out(n: int, f: int, s: int, pad: tuple[int, int], axis: str) -> int:
+    """out = floor((n - f + p_before + p_after) / s) + 1, or ShapeError with the working."""
+    span = n - f + pad[0] + pad[1]
+    if span < 0:
+        raise ShapeError(
+            f"output {axis} would be {span // s + 1}: the window ({f}) is larger than the"
+            f" padded input ({n + pad[0] + pad[1]})",
+            working=f"({n} - {f} + {pad[0] + pad[1]})/{s} + 1 = {span / s + 1:g}",
+        )
+    return span // s + 1
+
+
+def effective(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
+    """Dilated kernel extent d·(f−1)+1 per axis."""
+    return (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+
+
+def spatial(op: str, x: Shape) -> tuple[int, int, int]:
+    """(h, w, c) of a feature map, or ShapeError for any other rank."""
+    if len(x) != 3:
+        raise ShapeError(
+            f"{op} needs a feature map [height, width, channels], got {list(x)}"
+        )
+    return x[0], x[1], x[2]
