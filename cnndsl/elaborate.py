@@ -25,7 +25,7 @@ from typing import Any
 from cnndsl import syntax as ast
 from cnndsl.ir import Graph, Layer, Scope
 from cnndsl.ops import OPS
-from cnndsl.ops.registry import AttrError, Choice, ShapeError, show
+from cnndsl.ops.registry import AttrError, ShapeError, show
 from cnndsl.parse import parse, resource_path
 from cnndsl.source import CnnError, Diagnostic, Span, error, near_names
 
@@ -65,6 +65,7 @@ class LayerRef:
     repeat: int = 1
     label: str | None = None  # name= given by the user
     trainable: bool = True
+    arg_spans: tuple[tuple[str, Span], ...] = ()  # where each explicit argument was written
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,12 @@ class Loader:
     def load_file(self, path: Path, span: Span | None = None) -> FileScope:
         """Read a .cnn file (cached by resolved path)."""
         key = str(path)
+        if key in self._loading:
+            chain = " -> ".join(Path(p).name for p in
+                                [*self._loading[self._loading.index(key):], key])
+            raise error("E061", f"import cycle: {chain}", span)
         if key in self.files:
             return self.files[key]
-        if key in self._loading:
-            chain = " -> ".join([*self._loading[self._loading.index(key) :], key])
-            raise error("E061", f"import cycle: {chain}", span)
         if path.suffix != ".cnn":
             raise error("E062", f"can only import .cnn files, not '{path.name}'", span)
         try:
@@ -219,8 +221,9 @@ class Frame:
 class Returned(Exception):
     """Control flow: a `return` statement ran."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, span: Span) -> None:
         self.value = value
+        self.span = span
 
 
 class Elaborator:
@@ -231,6 +234,7 @@ class Elaborator:
         self.graph = Graph()
         self.max_layers = max_layers
         self.stack: list[str] = []  # block call stack, for recursion errors
+        self.returned_span: Span | None = None
 
     # ---- entry points ----
     def network(self, scope: FileScope, definition: ast.Definition,
@@ -244,7 +248,7 @@ class Elaborator:
         meta.update(name=definition.name, file=definition.file, inputs=[], train={},
                     budgets=(), params=dict(frame.bindings), span=definition.span)
         result = self._run_body(frame, definition, require_return=True)
-        meta["outputs"] = [t.path for t in self._tensors_of(result, definition.span)]
+        meta["outputs"] = [t.path for t in self._tensors_of(result, self.returned_span)]
         if not meta["inputs"]:
             raise error("E020", f"network '{definition.name}' declares no input: add"
                         " `input image: [h, w, c]`", definition.span)
@@ -268,6 +272,7 @@ class Elaborator:
         try:
             self._exec_all(frame, definition.body)
         except Returned as ret:
+            self.returned_span = ret.span
             return ret.value
         if require_return:
             raise error("E021", f"{definition.kind} '{definition.name}' has no `return`",
@@ -302,10 +307,12 @@ class Elaborator:
         frame.bindings[stmt.name] = tensor
 
     def _return(self, frame: Frame, stmt: ast.Return) -> None:
-        raise Returned(self.eval(frame, stmt.value))
+        raise Returned(self.eval(frame, stmt.value), stmt.value.span)
 
     def _if(self, frame: Frame, stmt: ast.If) -> None:
-        if self._truth(self.eval(frame, stmt.test), stmt.test.span):
+        test = self.eval(frame, stmt.test)
+        self._no_symbol(frame, test, stmt.test)
+        if self._truth(test, stmt.test.span):
             self._exec_all(frame, stmt.body)
         else:
             self._exec_all(frame, stmt.orelse)
@@ -418,8 +425,8 @@ class Elaborator:
     def _binop(self, frame: Frame, expr: ast.BinOp) -> Any:
         a = self.eval(frame, expr.left)
         b = self.eval(frame, expr.right)
-        self._no_symbol(a, expr.left)
-        self._no_symbol(b, expr.right)
+        self._no_symbol(frame, a, expr.left)
+        self._no_symbol(frame, b, expr.right)
         if isinstance(a, Tensor) and isinstance(b, Tensor) and expr.op in ("+", "*"):
             op = "add" if expr.op == "+" else "multiply"
             return self._emit_checked(op, {}, [a, b], None, frame, expr.span)
@@ -447,7 +454,7 @@ class Elaborator:
             raise error("E090", f"repeating {ref.repeat * n} times exceeds the limit of"
                         f" {self.max_layers} layers", expr.span)
         return LayerRef(ref.kind, ref.name, ref.kwargs, ref.span, ref.repeat * n, ref.label,
-                        ref.trainable)
+                        ref.trainable, ref.arg_spans)
 
     def _list_times(self, items: list[Any], n: int, expr: ast.BinOp) -> list[Any]:
         if len(items) * max(n, 0) > self.max_layers:
@@ -465,6 +472,7 @@ class Elaborator:
 
     def _arrow(self, frame: Frame, expr: ast.Arrow) -> Any:
         value = self.eval(frame, expr.left)
+        self._no_symbol(frame, value, expr.left)
         inputs = self._tensors_of(value, expr.left.span, what="`->` needs a tensor on its left")
         ref = self.eval(frame, expr.right)
         if not isinstance(ref, LayerRef):
@@ -477,8 +485,8 @@ class Elaborator:
     def _compare(self, frame: Frame, expr: ast.Compare) -> Any:
         a = self.eval(frame, expr.left)
         b = self.eval(frame, expr.right)
-        self._no_symbol(a, expr.left)
-        self._no_symbol(b, expr.right)
+        self._no_symbol(frame, a, expr.left)
+        self._no_symbol(frame, b, expr.right)
         if isinstance(a, tuple):
             a = list(a)
         if isinstance(b, tuple):
@@ -658,7 +666,11 @@ class Elaborator:
                 raise error("E011", f"{name} has no argument '{key}'"
                             + near_names(key, accepted),
                             arg_span, f"note: {name} takes: {', '.join(accepted)}")
-        return LayerRef(kind, name, tuple(merged.items()), span, 1, label, trainable)
+        arg_spans = [(n, a.span) for n, a in zip(names, [a for a in args if a.name is None],
+                                                 strict=False)]
+        arg_spans += [(a.name, a.span) for a in args if a.name is not None]
+        return LayerRef(kind, name, tuple(merged.items()), span, 1, label, trainable,
+                        tuple(arg_spans))
 
     def _apply(self, ref: LayerRef, inputs: list[Tensor], frame: Frame, span: Span) -> Tensor:
         if ref.repeat > 1 and len(inputs) != 1:
@@ -705,7 +717,7 @@ class Elaborator:
             self.stack.pop()
         if not isinstance(result, Tensor):
             raise error("E026", f"block '{ref.name}' must return a tensor, not"
-                        f" {kind_of(result)}", definition.span)
+                        f" {kind_of(result)}", self.returned_span)
         return result
 
     def _bind_params(self, frame: Frame, definition: ast.Definition, given: dict[str, Any],
@@ -747,11 +759,11 @@ class Elaborator:
             attrs = spec.bind(**{k: _plain(v) for k, v in kwargs.items()})
         except AttrError as exc:
             value = kwargs.get(exc.attr) if exc.attr else None
-            kind = spec.attrs.get(exc.attr, (None, None))[0] if exc.attr else None
-            if isinstance(value, Symbol) and not isinstance(kind, Choice):
-                raise self._undefined(frame, value, span) from None
+            where = dict(ref.arg_spans).get(exc.attr or "", span) if ref else span
+            if isinstance(value, Symbol) and "did you mean" not in exc.message:
+                raise self._undefined(frame, value, where) from None
             raise error("E011" if "has no argument" in exc.message else "E012",
-                        exc.message, span) from None
+                        exc.message, where) from None
         return self._emit(op, attrs, inputs, label, frame, op, span, trainable)
 
     def _emit(self, op: str, attrs: Any, inputs: list[Tensor], label: str | None, frame: Frame,
@@ -797,7 +809,7 @@ class Elaborator:
         return notes
 
     # ---- helpers ----
-    def _tensors_of(self, value: Any, span: Span, what: str = "a network returns tensors"
+    def _tensors_of(self, value: Any, span: Span | None, what: str = "a network returns tensors"
                     ) -> list[Tensor]:
         if isinstance(value, Tensor):
             return [value]
@@ -817,9 +829,9 @@ class Elaborator:
             raise error("E013", f"undefined name '{value}'", span)
         raise error("E029", f"a condition must be true or false, not {kind_of(value)}", span)
 
-    def _no_symbol(self, value: Any, expr: ast.Expr) -> None:
+    def _no_symbol(self, frame: Frame, value: Any, expr: ast.Expr) -> None:
         if isinstance(value, Symbol):
-            raise error("E013", f"undefined name '{value}'", expr.span)
+            raise self._undefined(frame, value, expr.span)
 
     def _undefined(self, frame: Frame, name: str, span: Span) -> CnnError:
         candidates = [*frame.bindings, *OPS, *frame.file.names]

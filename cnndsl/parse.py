@@ -40,6 +40,10 @@ def parser() -> Lark:
         "cnn.lark",
         rel_to=str(resource_path("grammars") / "cnn.lark"),
         parser="lalr",
+        # The basic lexer reserves keywords everywhere (the contextual one would
+        # read `input` as a NAME where no keyword fits) and reports a misplaced
+        # `->` as a token, not as an unknown character.
+        lexer="basic",
         propagate_positions=True,
         maybe_placeholders=True,
     )
@@ -55,17 +59,19 @@ SYNTAX_ERRORS: dict[str, list[str]] = {
         "network n() { return }",
         "block b() { return }",
     ],
-    "two values side by side: join layers with `->`, or start a new statement with `NAME =`": [
+    "expected `=`: a statement starts with `NAME =` (or return, input, if, for, assert,"
+    " defaults, train, budget); a bare expression does nothing, and layers in one chain are"
+    " joined with `->`": [
         "network n() { x = a b }",
         "network n() { x = a conv(3) }",
         "network n() { x = a -> conv(3) relu }",
-        "network n() { x = a -> b c -> d }",
-    ],
-    "a statement must be an assignment `NAME = value`, `return`, `input`, `if`, `for`,"
-    " `assert`, `defaults`, `train` or `budget`; a bare expression does nothing": [
         "network n() { a -> b }",
         "network n() { conv(3) }",
+    ],
+    "a statement cannot start with a value: write `NAME = value` or `return value`": [
         "network n() { 3 }",
+        "network n() { (a) }",
+        "network n() { [a] }",
     ],
     "missing `{` to open the body": [
         "network n() x = 1 }",
@@ -140,29 +146,35 @@ def syntax_diagnostic(text: str, file: str, exc: UnexpectedInput) -> Diagnostic:
     opened = _open_brackets(before)
     expected = _expected(exc)
 
-    # An unclosed bracket: report it where it was opened.
-    if opened and (bad_token is None or bad_token.value in CLOSERS):
-        opener = opened[-1]
-        if bad_token is None or CLOSERS.get(bad_token.value) != opener.value:
-            want = OPENERS[opener.value]
-            at = f"{opener.line}:{opener.column}"
-            return Diagnostic(
-                "error", "E002", f"unclosed `{opener.value}` opened at {at}: expected `{want}`",
-                _token_span(file, opener),
-                (f"note: the file ends or `{bad_token.value if bad_token else 'EOF'}` comes"
-                 f" first{' at ' + str(bad_token.line) + ':' + str(bad_token.column) if bad_token else ''}",),
-            )
-    if bad_token is not None and bad_token.value in CLOSERS and not opened:
+    # An unclosed bracket: report it where it was opened. That is the case when
+    # the file ends, a different closer comes, or the bracket's own closer is
+    # expected but the next token sits on a later line than the bracket.
+    if bad_token is not None and bad_token.value in CLOSERS and all(
+            o.value != CLOSERS[bad_token.value] for o in opened):
         return Diagnostic(
             "error", "E003", f"`{bad_token.value}` closes nothing", _token_span(file, bad_token)
         )
+    if opened:
+        opener = opened[-1]
+        want = OPENERS[opener.value]
+        wrong_closer = bad_token is not None and bad_token.value in CLOSERS and (
+            CLOSERS[bad_token.value] != opener.value)
+        moved_on = (bad_token is not None and f"`{want}`" in expected
+                    and (bad_token.line or 0) > (opener.line or 0) and want != "}")
+        if bad_token is None or wrong_closer or moved_on:
+            at = f"{opener.line}:{opener.column}"
+            note = ("note: the file ends before it is closed" if bad_token is None else
+                    f"note: {_describe(bad_token)} at {bad_token.line}:{bad_token.column}"
+                    " comes first")
+            return Diagnostic(
+                "error", "E002", f"unclosed `{opener.value}` opened at {at}: expected `{want}`",
+                _token_span(file, opener), (note,),
+            )
 
     label = _match_example(exc, text)
     message = label or (
         f"unexpected {_describe(bad_token)}" + (f"; expected {expected}" if expected else "")
     )
-    if label and expected and "needs a value" not in label:
-        pass
     # A token missing at the end of a line: point at the end of that line.
     prev = before[-1] if before else None
     if prev is not None and (bad_token is None or bad_token.line != prev.end_line):
@@ -246,10 +258,38 @@ def _expected(exc: UnexpectedInput) -> str:
 
 
 def _match_example(exc: UnexpectedInput, text: str) -> str | None:
-    try:
-        return exc.match_examples(parser().parse, SYNTAX_ERRORS, use_accepts=True)
-    except Exception:  # noqa: BLE001 - a failed match only loses a nicer message
+    """The SYNTAX_ERRORS label whose example fails in the same parser state, if any.
+
+    Like Lark's match_examples, but comparing only the LALR state reached
+    (not the depth of the stack), so an example needs no surrounding context.
+    """
+    state = getattr(exc, "state", None)
+    if state is None:
         return None
+    fallback = None
+    for label, position, token_type in _example_states():
+        if position == state.position:
+            if token_type == getattr(getattr(exc, "token", None), "type", None):
+                return label
+            fallback = fallback or label
+    return fallback
+
+
+@cache
+def _example_states() -> tuple[tuple[str, Any, str | None], ...]:
+    out = []
+    for label, examples in SYNTAX_ERRORS.items():
+        for example in examples:
+            try:
+                parser().parse(example)
+            except UnexpectedInput as e:
+                state = getattr(e, "state", None)
+                if state is not None:
+                    token = getattr(e, "token", None)
+                    out.append((label, state.position, getattr(token, "type", None)))
+                continue
+            raise AssertionError(f"syntax error example parses: {example!r}")
+    return tuple(out)
 
 
 def _num(text: str) -> str:
