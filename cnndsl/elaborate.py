@@ -470,17 +470,19 @@ class Elaborator:
             raise error("E035", "number too large (more than 2^62)", expr.span)
         return ARITH[op](a, b)
 
-    def _arrow(self, frame: Frame, expr: ast.Arrow) -> Any:
-        value = self.eval(frame, expr.left)
-        self._no_symbol(frame, value, expr.left)
-        inputs = self._tensors_of(value, expr.left.span, what="`->` needs a tensor on its left")
-        ref = self.eval(frame, expr.right)
-        if not isinstance(ref, LayerRef):
-            if isinstance(ref, Symbol):
-                raise self._undefined(frame, ref, expr.right.span)
-            raise error("E036", f"`->` needs a layer on its right, not {kind_of(ref)}",
-                        expr.right.span)
-        return self._apply(ref, inputs, frame, expr.right.span)
+    def _chain(self, frame: Frame, expr: ast.Chain) -> Any:
+        value = self.eval(frame, expr.head)
+        self._no_symbol(frame, value, expr.head)
+        inputs = self._tensors_of(value, expr.head.span, what="`->` needs a tensor on its left")
+        for link in expr.links:
+            ref = self.eval(frame, link)
+            if not isinstance(ref, LayerRef):
+                if isinstance(ref, Symbol):
+                    raise self._undefined(frame, ref, link.span)
+                raise error("E036", f"`->` needs a layer on its right, not {kind_of(ref)}",
+                            link.span)
+            inputs = [self._apply(ref, inputs, frame, link.span)]
+        return inputs[0]
 
     def _compare(self, frame: Frame, expr: ast.Compare) -> Any:
         a = self.eval(frame, expr.left)
@@ -602,7 +604,7 @@ class Elaborator:
         ast.TupleExpr: _tuple,
         ast.ListExpr: _list,
         ast.BinOp: _binop,
-        ast.Arrow: _arrow,
+        ast.Chain: _chain,
         ast.Compare: _compare,
         ast.BoolOp: _boolop,
         ast.Not: _not,

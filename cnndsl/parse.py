@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, UnexpectedInput, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from cnndsl import syntax as ast
 from cnndsl.source import CnnError, Diagnostic, Span
@@ -118,9 +118,18 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     """Parse spec text into a Module, or raise CnnError with one syntax diagnostic."""
     try:
         tree = parser().parse(text)
+        return ToAst(file).transform(tree)
     except UnexpectedInput as exc:
         raise CnnError([syntax_diagnostic(text, file, exc)], {file: text}) from None
-    return ToAst(file).transform(tree)
+    except RecursionError:
+        raise CnnError([Diagnostic("error", "E092", "the spec nests too deeply to parse"
+                                   " (brackets or operators inside one another)",
+                                   Span(file, 1, 1, 1, 1))], {file: text}) from None
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, RecursionError):
+            raise CnnError([Diagnostic("error", "E092", "the spec nests too deeply to parse",
+                                       Span(file, 1, 1, 1, 1))], {file: text}) from None
+        raise
 
 
 def syntax_diagnostic(text: str, file: str, exc: UnexpectedInput) -> Diagnostic:
@@ -402,8 +411,8 @@ class ToAst(Transformer):
     def compare_op(self, meta: Any, a: Any, op: Token, b: Any) -> ast.Compare:
         return ast.Compare(self.span(meta), str(op), a, b)
 
-    def arrow(self, meta: Any, a: Any, b: Any) -> ast.Arrow:
-        return ast.Arrow(self.span(meta), a, b)
+    def chain(self, meta: Any, head: Any, *links: Any) -> ast.Chain:
+        return ast.Chain(self.span(meta), head, links)
 
     def add(self, meta: Any, a: Any, b: Any) -> ast.BinOp:
         return ast.BinOp(self.span(meta), "+", a, b)

@@ -52,11 +52,11 @@ class BinOp(Expr):
 
 
 @dataclass(frozen=True)
-class Arrow(Expr):
-    """`left -> right`: apply the layer `right` to the tensor `left`."""
+class Chain(Expr):
+    """`head -> link -> link`: apply each layer in turn, starting from the tensor `head`."""
 
-    left: Expr
-    right: Expr
+    head: Expr
+    links: tuple[Expr, ...]
 
 
 @dataclass(frozen=True)

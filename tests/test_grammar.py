@@ -52,15 +52,15 @@ def test_precedence_arrow_looser_than_plus() -> None:
     module = parse("network n() { return a + b -> relu }")
     ret = module.definitions[0].body[0]
     assert isinstance(ret, ast.Return)
-    assert isinstance(ret.value, ast.Arrow)
-    assert isinstance(ret.value.left, ast.BinOp) and ret.value.left.op == "+"
+    assert isinstance(ret.value, ast.Chain)
+    assert isinstance(ret.value.head, ast.BinOp) and ret.value.head.op == "+"
 
 
 def test_precedence_repeat_binds_tighter_than_arrow() -> None:
     module = parse("network n() { return x -> unit(8) * 2 }")
     ret = module.definitions[0].body[0]
-    assert isinstance(ret, ast.Return) and isinstance(ret.value, ast.Arrow)
-    assert isinstance(ret.value.right, ast.BinOp) and ret.value.right.op == "*"
+    assert isinstance(ret, ast.Return) and isinstance(ret.value, ast.Chain)
+    assert isinstance(ret.value.links[0], ast.BinOp) and ret.value.links[0].op == "*"
 
 
 def test_spans_are_kept() -> None:
