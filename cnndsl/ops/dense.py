@@ -1,0 +1,87 @@
+"""The fully connected layer: dense."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnndsl.ops.act import activate, activate_backward
+from cnndsl.ops.registry import (
+    REQUIRED,
+    WHOLE,
+    Activation,
+    Array,
+    Attrs,
+    Bool,
+    Context,
+    Int,
+    Op,
+    Shape,
+    ShapeError,
+    WeightSpec,
+    Window,
+    register,
+)
+
+Weights = dict[str, Array]
+Forward = tuple[Array, Any]
+Backward = tuple[list[Array | None], dict[str, Array]]
+
+
+@register
+class Dense(Op):
+    """dense(units): y = activation(x·W + b) on a vector x of n features.
+
+    Attrs: units, bias=true, activation=none. Weights: kernel [n, units] and
+    bias [units] (Keras Dense). A feature map must be flattened or pooled first.
+    """
+
+    name = "dense"
+    args = ("units",)
+    attrs = {
+        "units": (Int(1), REQUIRED),
+        "bias": (Bool(), True),
+        "activation": (Activation(), "none"),
+    }
+    key_attrs = ("units",)
+
+    def describe(self, a: Attrs) -> str:
+        """'dense 128' or 'dense 10, softmax'."""
+        return f"dense {a.units}" + (f", {a.activation}" if a.activation != "none" else "")
+
+    def shape(self, a: Attrs, *xs: Shape) -> Shape:
+        (x,) = xs
+        if len(x) != 1:
+            hint = (": add flatten or global_avgpool before it" if len(x) == 3
+                    else ": add flatten before it")  # fmt: skip
+            raise ShapeError(f"dense needs a vector; got {list(x)}{hint}")
+        return (a.units,)
+
+    def weights(self, a: Attrs, *xs: Shape) -> dict[str, WeightSpec]:
+        ws = {"kernel": WeightSpec((xs[0][0], a.units))}
+        if a.bias:
+            ws["bias"] = WeightSpec((a.units,), init="zeros")
+        return ws
+
+    def macs(self, a: Attrs, xs: Any, y: Shape) -> int:
+        return xs[0][0] * a.units
+
+    def window(self, a: Attrs, *xs: Shape) -> Window:
+        return WHOLE
+
+    def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
+        x = xs[0]
+        z = x @ w["kernel"]
+        if "bias" in w:
+            z += w["bias"]
+        y, act_saved = activate(xp, a.activation, z)
+        return y, (x, act_saved)
+
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
+    ) -> Backward:
+        x, act_saved = saved
+        dz = activate_backward(xp, a.activation, act_saved, dy)
+        grads = {"kernel": x.T @ dz}
+        if "bias" in w:
+            grads["bias"] = dz.sum(axis=0)
+        return [dz @ w["kernel"].T if ctx.wants_grad(0) else None], grads

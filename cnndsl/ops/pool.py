@@ -1,0 +1,214 @@
+"""Pooling: maxpool, avgpool, global_avgpool, global_maxpool.
+
+Windowed pools follow the conv shape rule with the window size as kernel
+(no dilation); `stride` defaults to the size. Padding semantics:
+
+- `same` is Keras's: the padding never counts. maxpool takes the max of the
+  real pixels, avgpool divides by the number of real pixels in the window.
+- explicit padding (n or (h, w)) is PyTorch's: maxpool pads with −inf,
+  avgpool pads with zeros that count (count_include_pad=True).
+
+Kernels loop over the window offsets only, never over pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnndsl.ops.conv import batch_geometry, fmt_pair, geometry, pad2d, tap, unpad2d
+from cnndsl.ops.registry import (
+    REQUIRED,
+    WHOLE,
+    Array,
+    AttrError,
+    Attrs,
+    Context,
+    Op,
+    Padding,
+    Pair,
+    Shape,
+    Window,
+    register,
+    spatial,
+)
+
+Weights = dict[str, Array]
+Forward = tuple[Array, Any]
+Backward = tuple[list[Array | None], dict[str, Array]]
+NODIL = (1, 1)
+
+
+class WindowPool(Op):
+    """Shared arguments, shape rule and window of maxpool and avgpool."""
+
+    args = ("size", "stride")
+    attrs = {
+        "size": (Pair(), REQUIRED),
+        # NOTE: None (the default only; Pair refuses it from a spec) means "= size";
+        # `check` fills it in, so bound attrs always hold a pair.
+        "stride": (Pair(), None),
+        "padding": (Padding(), "valid"),
+    }
+
+    def check(self, a: dict[str, Any]) -> None:
+        if a["stride"] is None:
+            a["stride"] = a["size"]
+
+    def describe(self, a: Attrs) -> str:
+        """'maxpool 2×2/2', 'avgpool 3×3/1'."""
+        s = a.stride
+        stride = str(s[0]) if s[0] == s[1] else fmt_pair(s)
+        return f"{self.name} {fmt_pair(a.size)}/{stride}"
+
+    def shape(self, a: Attrs, *xs: Shape) -> Shape:
+        (x,) = xs
+        _, out = geometry(self.name, a, x, a.size, NODIL)
+        return (*out, x[2])
+
+    def window(self, a: Attrs, *xs: Shape) -> Window:
+        return Window(kernel=a.size, stride=a.stride)
+
+    def offsets(self, a: Attrs) -> list[tuple[int, int]]:
+        """Every (u, v) offset inside the window, row-major (PyTorch's scan order)."""
+        return [(u, v) for u in range(a.size[0]) for v in range(a.size[1])]
+
+
+@register
+class MaxPool(WindowPool):
+    """maxpool(size, stride=size): y[i, j, c] = max over the window at (i·sh, j·sw) of x[., ., c].
+
+    Attrs: size, stride=size, padding=valid|same|n|(h, w). Padding never wins
+    the max. Ties send the gradient to the first maximum in row-major order.
+    """
+
+    name = "maxpool"
+
+    def check(self, a: dict[str, Any]) -> None:
+        super().check(a)
+        p = a["padding"]
+        if isinstance(p, tuple) and (2 * p[0] > a["size"][0] or 2 * p[1] > a["size"][1]):
+            # A window of padding alone would have max −inf (PyTorch refuses it too).
+            raise AttrError(
+                f"maxpool padding {p} must be at most half the window size {a['size']}",
+                "padding",
+            )
+
+    def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
+        x = xs[0]
+        p, out = batch_geometry(x, a, a.size, NODIL)
+        xpad = pad2d(xp, x, p, -float("inf"))
+        y = idx = None
+        for k, (u, v) in enumerate(self.offsets(a)):
+            t = tap(xpad, u, v, a.stride, NODIL, out)
+            if y is None:
+                y, idx = t.copy(), xp.zeros(t.shape, dtype=xp.int32)
+                continue
+            better = t > y  # strict: the first maximum keeps the gradient
+            y = xp.where(better, t, y)
+            idx = xp.where(better, k, idx)
+        return y, (idx, xpad.shape, p, out)
+
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
+    ) -> Backward:
+        if not ctx.wants_grad(0):
+            return [None], {}
+        idx, padded_shape, p, out = saved
+        dxpad = xp.zeros(padded_shape, dtype=dy.dtype)
+        for k, (u, v) in enumerate(self.offsets(a)):
+            tap(dxpad, u, v, a.stride, NODIL, out)[...] += xp.where(idx == k, dy, 0)
+        return [unpad2d(dxpad, p)], {}
+
+
+@register
+class AvgPool(WindowPool):
+    """avgpool(size, stride=size): y[i, j, c] = mean of x[., ., c] over the window.
+
+    Attrs: size, stride=size, padding. With `same` the mean is over the real
+    (non-padding) pixels of each window, as Keras; with explicit padding the
+    zeros count, as PyTorch's count_include_pad=True.
+    """
+
+    name = "avgpool"
+
+    def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
+        x = xs[0]
+        p, out = batch_geometry(x, a, a.size, NODIL)
+        xpad = pad2d(xp, x, p)
+        total = None
+        for u, v in self.offsets(a):
+            t = tap(xpad, u, v, a.stride, NODIL, out)
+            total = t.copy() if total is None else total + t
+        count: Any = a.size[0] * a.size[1]
+        if a.padding == "same" and p != ((0, 0), (0, 0)):
+            # Real pixels per window: the same window sums over a mask of ones.
+            mask = xp.zeros((1, *xpad.shape[1:3], 1), dtype=x.dtype)
+            mask[:, p[0][0] : p[0][0] + x.shape[1], p[1][0] : p[1][0] + x.shape[2]] = 1
+            count = sum(tap(mask, u, v, a.stride, NODIL, out) for u, v in self.offsets(a))
+        return total / count, (count, xpad.shape, p, out)
+
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
+    ) -> Backward:
+        if not ctx.wants_grad(0):
+            return [None], {}
+        count, padded_shape, p, out = saved
+        g = dy / count
+        dxpad = xp.zeros(padded_shape, dtype=dy.dtype)
+        for u, v in self.offsets(a):
+            tap(dxpad, u, v, a.stride, NODIL, out)[...] += g
+        return [unpad2d(dxpad, p)], {}
+
+
+class GlobalPool(Op):
+    """Shared shape rule of the global pools: [h, w, c] -> [c]."""
+
+    def shape(self, a: Attrs, *xs: Shape) -> Shape:
+        (x,) = xs
+        return (spatial(self.name, x)[2],)
+
+    def window(self, a: Attrs, *xs: Shape) -> Window:
+        return WHOLE
+
+
+@register
+class GlobalAvgPool(GlobalPool):
+    """global_avgpool: y[c] = mean over i, j of x[i, j, c]."""
+
+    name = "global_avgpool"
+
+    def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
+        x = xs[0]
+        return x.mean(axis=(1, 2)), x.shape
+
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
+    ) -> Backward:
+        if not ctx.wants_grad(0):
+            return [None], {}
+        shape = saved
+        dx = xp.empty(shape, dtype=dy.dtype)
+        dx[...] = (dy / (shape[1] * shape[2]))[:, None, None, :]
+        return [dx], {}
+
+
+@register
+class GlobalMaxPool(GlobalPool):
+    """global_maxpool: y[c] = max over i, j of x[i, j, c]; ties: first in row-major order."""
+
+    name = "global_maxpool"
+
+    def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
+        x = xs[0]
+        flat = x.reshape(x.shape[0], -1, x.shape[3])
+        idx = flat.argmax(axis=1)
+        return flat.max(axis=1), (idx, x.shape)
+
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
+    ) -> Backward:
+        if not ctx.wants_grad(0):
+            return [None], {}
+        idx, shape = saved
+        hit = xp.arange(shape[1] * shape[2])[None, :, None] == idx[:, None, :]
+        return [(hit * dy[:, None, :]).reshape(shape)], {}

@@ -1,0 +1,30 @@
+"""Shared fixtures: the array modules the op kernels run on (numpy; cupy with a GPU)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytest
+
+
+def _cupy_or_skip() -> Any:
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except Exception as e:  # driver missing or broken
+        pytest.skip(f"no usable CUDA device: {e}")
+    return cupy
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def xp(request: pytest.FixtureRequest) -> Any:
+    """The array module for kernels; the cupy run is skipped without CuPy and a device."""
+    return importlib.import_module("numpy") if request.param == "numpy" else _cupy_or_skip()
+
+
+@pytest.fixture
+def cupy() -> Any:
+    """CuPy, or a skip without CuPy and a device."""
+    return _cupy_or_skip()
