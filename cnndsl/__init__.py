@@ -1,9 +1,9 @@
 """cnndsl: a compiler for a declarative language of convolutional neural networks.
 
-    >>> import cnndsl
-    >>> net = cnndsl.compile("specs/fashion_mnist.cnn")     # doctest: +SKIP
-    >>> print(net.summary())                                  # doctest: +SKIP
-    >>> model = net.build(seed=0)                             # doctest: +SKIP
+>>> import cnndsl
+>>> net = cnndsl.compile("specs/fashion_mnist.cnn")     # doctest: +SKIP
+>>> print(net.summary())                                  # doctest: +SKIP
+>>> model = net.build(seed=0)                             # doctest: +SKIP
 """
 
 from cnndsl.network import Network, compile, compile_block, load

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,29 @@ from cnndsl.ir import Graph, Layer, Scope
 from cnndsl.ops import OPS
 from cnndsl.ops.registry import AttrError, ShapeError, show
 from cnndsl.parse import parse, resource_path
-from cnndsl.source import CnnError, Diagnostic, Span, error, near_names
+from cnndsl.source import CnnError, Span, error, near_names
 
 KEYWORDS = frozenset(
-    "network block input return if else for in assert import defaults train budget"
-    " and or not true false".split()
+    [
+        "network",
+        "block",
+        "input",
+        "return",
+        "if",
+        "else",
+        "for",
+        "in",
+        "assert",
+        "import",
+        "defaults",
+        "train",
+        "budget",
+        "and",
+        "or",
+        "not",
+        "true",
+        "false",
+    ]
 )
 MAX_LAYERS = 100_000  # a runaway loop stops here with a clear error
 MAX_DEPTH = 64  # nested block calls
@@ -134,8 +151,9 @@ class Loader:
         """Read a .cnn file (cached by resolved path)."""
         key = str(path)
         if key in self._loading:
-            chain = " -> ".join(Path(p).name for p in
-                                [*self._loading[self._loading.index(key):], key])
+            chain = " -> ".join(
+                Path(p).name for p in [*self._loading[self._loading.index(key) :], key]
+            )
             raise error("E061", f"import cycle: {chain}", span)
         if key in self.files:
             return self.files[key]
@@ -164,15 +182,21 @@ class Loader:
         for definition in scope.module.definitions:
             self._declare(scope, definition.name, definition, scope, definition.span)
 
-    def _declare(self, scope: FileScope, name: str, definition: ast.Definition,
-                 owner: FileScope, span: Span) -> None:
+    def _declare(
+        self, scope: FileScope, name: str, definition: ast.Definition, owner: FileScope, span: Span
+    ) -> None:
         if name in OPS:
-            raise error("E051", f"'{name}' is an op: a {definition.kind} cannot take its name",
-                        definition.span)
+            raise error(
+                "E051",
+                f"'{name}' is an op: a {definition.kind} cannot take its name",
+                definition.span,
+            )
         if name in scope.names:
             first, _ = scope.names[name]
             raise error(
-                "E050", f"'{name}' is defined twice", span,
+                "E050",
+                f"'{name}' is defined twice",
+                span,
                 f"note: {first.kind} '{name}' defined at {first.span}",
                 f"note: {definition.kind} '{name}' defined at {definition.span}",
             )
@@ -184,14 +208,21 @@ class Loader:
             return (base / imp.target).resolve()
         parts = imp.target.split(".")
         if parts[0] != "zoo" or len(parts) != 2:
-            raise error("E064", f"unknown module '{imp.target}': write `import zoo.NAME` for a"
-                        " shipped spec or `import \"file.cnn\"` for a file", imp.span)
+            raise error(
+                "E064",
+                f"unknown module '{imp.target}': write `import zoo.NAME` for a"
+                ' shipped spec or `import "file.cnn"` for a file',
+                imp.span,
+            )
         path = resource_path("specs") / f"{parts[1]}.cnn"
         if not path.is_file():
             shipped = sorted(p.stem for p in resource_path("specs").glob("*.cnn"))
-            raise error("E060", f"no shipped spec 'zoo.{parts[1]}'"
-                        + near_names(parts[1], shipped), imp.span,
-                        "note: shipped: " + ", ".join(shipped))
+            raise error(
+                "E060",
+                f"no shipped spec 'zoo.{parts[1]}'" + near_names(parts[1], shipped),
+                imp.span,
+                "note: shipped: " + ", ".join(shipped),
+            )
         return path
 
 
@@ -237,30 +268,61 @@ class Elaborator:
         self.returned_span: Span | None = None
 
     # ---- entry points ----
-    def network(self, scope: FileScope, definition: ast.Definition,
-                overrides: dict[str, Any]) -> Graph:
+    def network(
+        self, scope: FileScope, definition: ast.Definition, overrides: dict[str, Any]
+    ) -> Graph:
         """Elaborate a network with some parameters overridden."""
         frame = Frame(scope, "", (), True)
         frame.defaults = self._file_defaults(scope)
-        self._bind_params(frame, definition, dict(overrides), None, definition.span,
-                          overridable=True)
+        self._bind_params(
+            frame, definition, dict(overrides), None, definition.span, overridable=True
+        )
         meta = self.graph.meta
-        meta.update(name=definition.name, file=definition.file, inputs=[], train={},
-                    budgets=(), params=dict(frame.bindings), span=definition.span)
+        meta.update(
+            name=definition.name,
+            file=definition.file,
+            inputs=[],
+            train={},
+            budgets=(),
+            params=dict(frame.bindings),
+            span=definition.span,
+        )
         result = self._run_body(frame, definition, require_return=True)
         meta["outputs"] = [t.path for t in self._tensors_of(result, self.returned_span)]
         if not meta["inputs"]:
-            raise error("E020", f"network '{definition.name}' declares no input: add"
-                        " `input image: [h, w, c]`", definition.span)
+            raise error(
+                "E020",
+                f"network '{definition.name}' declares no input: add `input image: [h, w, c]`",
+                definition.span,
+            )
         return self.graph
 
-    def block(self, scope: FileScope, definition: ast.Definition, input_shape: tuple[int, ...],
-              params: dict[str, Any]) -> Graph:
+    def block(
+        self,
+        scope: FileScope,
+        definition: ast.Definition,
+        input_shape: tuple[int, ...],
+        params: dict[str, Any],
+    ) -> Graph:
         """Elaborate a block applied to an input of the given shape."""
-        image = self._emit("input", {"shape": input_shape}, [], None, Frame(scope, "", (), True),
-                           "input", definition.span)
-        self.graph.meta.update(name=definition.name, file=definition.file, inputs=[image.path],
-                               train={}, budgets=(), params=dict(params), span=definition.span)
+        image = self._emit(
+            "input",
+            {"shape": input_shape},
+            [],
+            None,
+            Frame(scope, "", (), True),
+            "input",
+            definition.span,
+        )
+        self.graph.meta.update(
+            name=definition.name,
+            file=definition.file,
+            inputs=[image.path],
+            train={},
+            budgets=(),
+            params=dict(params),
+            span=definition.span,
+        )
         ref = LayerRef("block", definition.name, tuple(params.items()), definition.span)
         frame = Frame(scope, "", (), True)
         out = self._apply(ref, [image], frame, definition.span)
@@ -275,8 +337,9 @@ class Elaborator:
             self.returned_span = ret.span
             return ret.value
         if require_return:
-            raise error("E021", f"{definition.kind} '{definition.name}' has no `return`",
-                        definition.span)
+            raise error(
+                "E021", f"{definition.kind} '{definition.name}' has no `return`", definition.span
+            )
         return None
 
     def _exec_all(self, frame: Frame, stmts: tuple[ast.Stmt, ...]) -> None:
@@ -292,17 +355,29 @@ class Elaborator:
 
     def _input_decl(self, frame: Frame, stmt: ast.InputDecl) -> None:
         if frame.block_input is not None or frame.prefix:
-            raise error("E022", "`input NAME: shape` declares a network input; inside a block,"
-                        " `input` is the block's input tensor", stmt.span)
+            raise error(
+                "E022",
+                "`input NAME: shape` declares a network input; inside a block,"
+                " `input` is the block's input tensor",
+                stmt.span,
+            )
         shape = self.eval(frame, stmt.shape)
-        if not (isinstance(shape, (list, tuple)) and shape and all(
-                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-            raise error("E023", f"input shape must be a list of positive whole numbers like"
-                        f" [28, 28, 1], not {show(shape)}", stmt.shape.span)
+        if not (
+            isinstance(shape, (list, tuple))
+            and shape
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
+            raise error(
+                "E023",
+                f"input shape must be a list of positive whole numbers like"
+                f" [28, 28, 1], not {show(shape)}",
+                stmt.shape.span,
+            )
         if stmt.name in frame.bindings:
             raise error("E024", f"'{stmt.name}' is already bound", stmt.span)
-        tensor = self._emit("input", {"shape": tuple(shape)}, [], stmt.name, frame, "input",
-                            stmt.span)
+        tensor = self._emit(
+            "input", {"shape": tuple(shape)}, [], stmt.name, frame, "input", stmt.span
+        )
         self.graph.meta["inputs"].append(tensor.path)
         frame.bindings[stmt.name] = tensor
 
@@ -349,8 +424,11 @@ class Elaborator:
         accepted = self._accepted_args(stmt.op, frame)
         for name in values:
             if name not in accepted:
-                raise error("E011", f"{stmt.op} has no argument '{name}'"
-                            + near_names(name, accepted), stmt.span)
+                raise error(
+                    "E011",
+                    f"{stmt.op} has no argument '{name}'" + near_names(name, accepted),
+                    stmt.span,
+                )
         return values
 
     def _train(self, frame: Frame, stmt: ast.Train) -> None:
@@ -360,9 +438,12 @@ class Elaborator:
         train_frame = Frame(frame.file, "", (), True, bindings=frame.bindings, in_train=True)
         for s in stmt.settings:
             if s.name not in TRAIN_SETTINGS:
-                raise error("E071", f"unknown train setting '{s.name}'"
-                            + near_names(s.name, TRAIN_SETTINGS), s.span,
-                            "note: settings: " + ", ".join(sorted(TRAIN_SETTINGS)))
+                raise error(
+                    "E071",
+                    f"unknown train setting '{s.name}'" + near_names(s.name, TRAIN_SETTINGS),
+                    s.span,
+                    "note: settings: " + ", ".join(sorted(TRAIN_SETTINGS)),
+                )
             settings[s.name] = TRAIN_SETTINGS[s.name](self.eval(train_frame, s.value), s.span)
         self.graph.meta["train"] = settings
 
@@ -370,13 +451,17 @@ class Elaborator:
         limits = []
         for lim in stmt.limits:
             if lim.name not in BUDGET_NAMES:
-                raise error("E072", f"unknown budget '{lim.name}'"
-                            + near_names(lim.name, BUDGET_NAMES), lim.span,
-                            "note: budgets: " + ", ".join(BUDGET_NAMES))
+                raise error(
+                    "E072",
+                    f"unknown budget '{lim.name}'" + near_names(lim.name, BUDGET_NAMES),
+                    lim.span,
+                    "note: budgets: " + ", ".join(BUDGET_NAMES),
+                )
             value = self.eval(frame, lim.value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise error("E072", f"a budget limit must be a number, not {kind_of(value)}",
-                            lim.value.span)
+                raise error(
+                    "E072", f"a budget limit must be a number, not {kind_of(value)}", lim.value.span
+                )
             limits.append((lim.name, lim.op, value, lim.span))
         self.graph.meta["budgets"] = (*self.graph.meta.get("budgets", ()), *limits)
 
@@ -409,8 +494,12 @@ class Elaborator:
 
     def _input_ref(self, frame: Frame, expr: ast.InputRef) -> Any:
         if frame.block_input is None:
-            raise error("E025", "`input` refers to a block's input; in a network, use the name"
-                        " given in `input NAME: shape`", expr.span)
+            raise error(
+                "E025",
+                "`input` refers to a block's input; in a network, use the name"
+                " given in `input NAME: shape`",
+                expr.span,
+            )
         return frame.block_input
 
     def _literal(self, frame: Frame, expr: ast.Literal) -> Any:
@@ -444,29 +533,48 @@ class Elaborator:
             return a + b
         if _is_num(a) and _is_num(b):
             return self._arith(expr.op, a, b, expr)
-        raise error("E032", f"cannot apply `{expr.op}` to {kind_of(a)} and {kind_of(b)}",
-                    expr.span)
+        raise error("E032", f"cannot apply `{expr.op}` to {kind_of(a)} and {kind_of(b)}", expr.span)
 
     def _repeat(self, ref: LayerRef, n: int, expr: ast.BinOp) -> LayerRef:
         if n < 1:
             raise error("E033", f"a layer repeated {n} times: the count must be >= 1", expr.span)
         if ref.repeat * n > self.max_layers:
-            raise error("E090", f"repeating {ref.repeat * n} times exceeds the limit of"
-                        f" {self.max_layers} layers", expr.span)
-        return LayerRef(ref.kind, ref.name, ref.kwargs, ref.span, ref.repeat * n, ref.label,
-                        ref.trainable, ref.arg_spans)
+            raise error(
+                "E090",
+                f"repeating {ref.repeat * n} times exceeds the limit of {self.max_layers} layers",
+                expr.span,
+            )
+        return LayerRef(
+            ref.kind,
+            ref.name,
+            ref.kwargs,
+            ref.span,
+            ref.repeat * n,
+            ref.label,
+            ref.trainable,
+            ref.arg_spans,
+        )
 
     def _list_times(self, items: list[Any], n: int, expr: ast.BinOp) -> list[Any]:
         if len(items) * max(n, 0) > self.max_layers:
-            raise error("E090", f"a list of {len(items) * n} items exceeds the limit of"
-                        f" {self.max_layers}", expr.span)
+            raise error(
+                "E090",
+                f"a list of {len(items) * n} items exceeds the limit of {self.max_layers}",
+                expr.span,
+            )
         return items * n
 
     def _arith(self, op: str, a: Any, b: Any, expr: ast.BinOp) -> Any:
         if op in ("/", "//", "%") and b == 0:
             raise error("E034", "division by zero", expr.span)
-        if op == "*" and _is_int(a) and _is_int(b) and abs(a) > 1 and abs(b) > 1 and (
-                math.log2(abs(a)) + math.log2(abs(b)) > 62):
+        if (
+            op == "*"
+            and _is_int(a)
+            and _is_int(b)
+            and abs(a) > 1
+            and abs(b) > 1
+            and (math.log2(abs(a)) + math.log2(abs(b)) > 62)
+        ):
             raise error("E035", "number too large (more than 2^62)", expr.span)
         return ARITH[op](a, b)
 
@@ -479,8 +587,9 @@ class Elaborator:
             if not isinstance(ref, LayerRef):
                 if isinstance(ref, Symbol):
                     raise self._undefined(frame, ref, link.span)
-                raise error("E036", f"`->` needs a layer on its right, not {kind_of(ref)}",
-                            link.span)
+                raise error(
+                    "E036", f"`->` needs a layer on its right, not {kind_of(ref)}", link.span
+                )
             inputs = [self._apply(ref, inputs, frame, link.span)]
         return inputs[0]
 
@@ -496,8 +605,9 @@ class Elaborator:
         if expr.op in ("==", "!="):
             return (a == b) == (expr.op == "==")
         if not (_is_num(a) and _is_num(b)):
-            raise error("E032", f"cannot compare {kind_of(a)} and {kind_of(b)} with `{expr.op}`",
-                        expr.span)
+            raise error(
+                "E032", f"cannot compare {kind_of(a)} and {kind_of(b)} with `{expr.op}`", expr.span
+            )
         return COMPARE[expr.op](a, b)
 
     def _boolop(self, frame: Frame, expr: ast.BoolOp) -> Any:
@@ -535,12 +645,20 @@ class Elaborator:
             return shape[-1]
         if expr.attr in ("height", "width"):
             if len(shape) != 3:
-                raise error("E037", f"a tensor of shape {list(shape)} has no {expr.attr}"
-                            " (only feature maps [h, w, c] do)", expr.span)
+                raise error(
+                    "E037",
+                    f"a tensor of shape {list(shape)} has no {expr.attr}"
+                    " (only feature maps [h, w, c] do)",
+                    expr.span,
+                )
             return shape[0] if expr.attr == "height" else shape[1]
-        raise error("E037", f"tensors have no attribute '{expr.attr}'"
-                    + near_names(expr.attr, TENSOR_ATTRS)
-                    + " (they have .height, .width, .channels, .shape)", expr.span)
+        raise error(
+            "E037",
+            f"tensors have no attribute '{expr.attr}'"
+            + near_names(expr.attr, TENSOR_ATTRS)
+            + " (they have .height, .width, .channels, .shape)",
+            expr.span,
+        )
 
     def _index(self, frame: Frame, expr: ast.Index) -> Any:
         value = self.eval(frame, expr.value)
@@ -548,11 +666,13 @@ class Elaborator:
         if not isinstance(value, (list, tuple)):
             raise error("E038", f"cannot index {kind_of(value)}", expr.value.span)
         if not _is_int(idx):
-            raise error("E038", f"an index must be a whole number, not {kind_of(idx)}",
-                        expr.index.span)
+            raise error(
+                "E038", f"an index must be a whole number, not {kind_of(idx)}", expr.index.span
+            )
         if not -len(value) <= idx < len(value):
-            raise error("E038", f"index {idx} out of range for a list of {len(value)}",
-                        expr.index.span)
+            raise error(
+                "E038", f"index {idx} out of range for a list of {len(value)}", expr.index.span
+            )
         return value[idx]
 
     def _call(self, frame: Frame, expr: ast.Call) -> Any:
@@ -560,8 +680,11 @@ class Elaborator:
             raise error("E014", "only ops, blocks and functions can be called", expr.func.span)
         name = expr.func.id
         if name in frame.bindings:
-            raise error("E014", f"'{name}' is a value ({kind_of(frame.bindings[name])}), not"
-                        " an op or block", expr.func.span)
+            raise error(
+                "E014",
+                f"'{name}' is a value ({kind_of(frame.bindings[name])}), not an op or block",
+                expr.func.span,
+            )
         positional: list[Any] = []
         tensors: list[Tensor] = []
         kwargs: dict[str, Any] = {}
@@ -569,8 +692,7 @@ class Elaborator:
             value = self.eval(frame, arg.value)
             if arg.name is None:
                 if kwargs:
-                    raise error("E015", "a positional argument after a keyword argument",
-                                arg.span)
+                    raise error("E015", "a positional argument after a keyword argument", arg.span)
                 (tensors if isinstance(value, Tensor) else positional).append(value)
             else:
                 if arg.name in kwargs:
@@ -581,15 +703,17 @@ class Elaborator:
         if name not in OPS and name not in frame.file.names:
             if frame.in_train:
                 return Config(name, tuple(kwargs.items()))
-            raise error("E010", f"unknown op or block '{name}'"
-                        + near_names(name, [*OPS, *frame.file.names]), expr.func.span)
+            raise error(
+                "E010",
+                f"unknown op or block '{name}'" + near_names(name, [*OPS, *frame.file.names]),
+                expr.func.span,
+            )
         ref = self._make_ref(frame, name, tuple(positional), expr.span, kwargs, expr.args)
         if tensors:
             return self._apply(ref, tensors, frame, expr.span)
         return ref
 
-    def _builtin(self, name: str, args: list[Any], kwargs: dict[str, Any],
-                 expr: ast.Call) -> Any:
+    def _builtin(self, name: str, args: list[Any], kwargs: dict[str, Any], expr: ast.Call) -> Any:
         if kwargs:
             raise error("E017", f"{name}() takes no keyword arguments", expr.span)
         try:
@@ -624,8 +748,11 @@ class Elaborator:
             if definition.kind == "block":
                 return tuple(p.name for p in definition.params)
             raise error("E018", f"'{name}' is a network; only ops and blocks are layers", span)
-        raise error("E010", f"unknown op or block '{name}'"
-                    + near_names(name, [*OPS, *frame.file.names]), span)
+        raise error(
+            "E010",
+            f"unknown op or block '{name}'" + near_names(name, [*OPS, *frame.file.names]),
+            span,
+        )
 
     def _accepted_args(self, name: str, frame: Frame) -> list[str]:
         if name in OPS:
@@ -633,31 +760,42 @@ class Elaborator:
         definition, _ = frame.file.names[name]
         return [*(p.name for p in definition.params), "name", "trainable"]
 
-    def _make_ref(self, frame: Frame, name: str, positional: tuple[Any, ...], span: Span,
-                  kwargs: dict[str, Any] | None = None,
-                  args: tuple[ast.Arg, ...] = ()) -> LayerRef:
+    def _make_ref(
+        self,
+        frame: Frame,
+        name: str,
+        positional: tuple[Any, ...],
+        span: Span,
+        kwargs: dict[str, Any] | None = None,
+        args: tuple[ast.Arg, ...] = (),
+    ) -> LayerRef:
         """Configure an op or block: positional to named, then defaults under explicit."""
         names = self._arg_names(name, frame, span)
         kind = "op" if name in OPS else "block"
         if len(positional) > len(names):
-            raise error("E012", f"{name} takes at most {len(names)} positional argument"
-                        f"{'s' if len(names) != 1 else ''} ({', '.join(names) or 'none'}),"
-                        f" got {len(positional)}", span)
+            raise error(
+                "E012",
+                f"{name} takes at most {len(names)} positional argument"
+                f"{'s' if len(names) != 1 else ''} ({', '.join(names) or 'none'}),"
+                f" got {len(positional)}",
+                span,
+            )
         explicit = dict(zip(names, positional, strict=False))
         for key, value in (kwargs or {}).items():
             if key in explicit:
                 arg_span = next((a.span for a in args if a.name == key), span)
-                raise error("E016", f"argument '{key}' given twice (also positionally)",
-                            arg_span)
+                raise error("E016", f"argument '{key}' given twice (also positionally)", arg_span)
             explicit[key] = value
         label = explicit.pop("name", None)
         trainable = explicit.pop("trainable", True)
         if label is not None and not (isinstance(label, str) and _valid_label(label)):
-            raise error("E019", f"name= must be a string of letters, digits, '_' or '-',"
-                        f" not {show(label)}", span)
+            raise error(
+                "E019",
+                f"name= must be a string of letters, digits, '_' or '-', not {show(label)}",
+                span,
+            )
         if not isinstance(trainable, bool):
-            raise error("E019", f"trainable= must be true or false, not {show(trainable)}",
-                        span)
+            raise error("E019", f"trainable= must be true or false, not {show(trainable)}", span)
         merged = {**frame.defaults.get(name, {}), **explicit}
         merged.pop("name", None)
         merged.pop("trainable", None)
@@ -665,14 +803,19 @@ class Elaborator:
         for key in merged:
             if key not in accepted:
                 arg_span = next((a.span for a in args if a.name == key), span)
-                raise error("E011", f"{name} has no argument '{key}'"
-                            + near_names(key, accepted),
-                            arg_span, f"note: {name} takes: {', '.join(accepted)}")
-        arg_spans = [(n, a.span) for n, a in zip(names, [a for a in args if a.name is None],
-                                                 strict=False)]
+                raise error(
+                    "E011",
+                    f"{name} has no argument '{key}'" + near_names(key, accepted),
+                    arg_span,
+                    f"note: {name} takes: {', '.join(accepted)}",
+                )
+        arg_spans = [
+            (n, a.span) for n, a in zip(names, [a for a in args if a.name is None], strict=False)
+        ]
         arg_spans += [(a.name, a.span) for a in args if a.name is not None]
-        return LayerRef(kind, name, tuple(merged.items()), span, 1, label, trainable,
-                        tuple(arg_spans))
+        return LayerRef(
+            kind, name, tuple(merged.items()), span, 1, label, trainable, tuple(arg_spans)
+        )
 
     def _apply(self, ref: LayerRef, inputs: list[Tensor], frame: Frame, span: Span) -> Tensor:
         if ref.repeat > 1 and len(inputs) != 1:
@@ -685,21 +828,37 @@ class Elaborator:
             repeat = f"repeat {i + 1} of {ref.repeat}" if ref.repeat > 1 else ""
             args = inputs if out is None else [out]
             if ref.kind == "op":
-                out = self._emit_checked(ref.name, dict(ref.kwargs), args, label, frame, span,
-                                         trainable=ref.trainable, ref=ref)
+                out = self._emit_checked(
+                    ref.name,
+                    dict(ref.kwargs),
+                    args,
+                    label,
+                    frame,
+                    span,
+                    trainable=ref.trainable,
+                    ref=ref,
+                )
             else:
                 out = self._apply_block(ref, args, frame, span, label, repeat)
         assert out is not None
         return out
 
-    def _apply_block(self, ref: LayerRef, inputs: list[Tensor], frame: Frame, span: Span,
-                     label: str | None, repeat: str) -> Tensor:
+    def _apply_block(
+        self,
+        ref: LayerRef,
+        inputs: list[Tensor],
+        frame: Frame,
+        span: Span,
+        label: str | None,
+        repeat: str,
+    ) -> Tensor:
         definition, owner = frame.file.names[ref.name]
         if len(inputs) != 1:
-            raise error("E039", f"block '{ref.name}' takes one input tensor, got {len(inputs)}",
-                        span)
+            raise error(
+                "E039", f"block '{ref.name}' takes one input tensor, got {len(inputs)}", span
+            )
         if ref.name in self.stack:
-            chain = " -> ".join([*self.stack[self.stack.index(ref.name):], ref.name])
+            chain = " -> ".join([*self.stack[self.stack.index(ref.name) :], ref.name])
             raise error("E052", f"block '{ref.name}' calls itself: {chain}", span)
         if len(self.stack) >= MAX_DEPTH:
             raise error("E052", f"blocks nested more than {MAX_DEPTH} deep", span)
@@ -707,9 +866,13 @@ class Elaborator:
         path = frame.prefix + instance
         if path in self.graph:
             raise error("E053", f"two layers named '{path}'", span)
-        inner = Frame(owner, path + "/",
-                      (*frame.scopes, Scope(path, ref.name, span, repeat)),
-                      frame.trainable and ref.trainable, inputs[0])
+        inner = Frame(
+            owner,
+            path + "/",
+            (*frame.scopes, Scope(path, ref.name, span, repeat)),
+            frame.trainable and ref.trainable,
+            inputs[0],
+        )
         inner.defaults = self._file_defaults(owner)
         self._bind_params(inner, definition, dict(ref.kwargs), frame, span, overridable=False)
         self.stack.append(ref.name)
@@ -718,19 +881,32 @@ class Elaborator:
         finally:
             self.stack.pop()
         if not isinstance(result, Tensor):
-            raise error("E026", f"block '{ref.name}' must return a tensor, not"
-                        f" {kind_of(result)}", self.returned_span)
+            raise error(
+                "E026",
+                f"block '{ref.name}' must return a tensor, not {kind_of(result)}",
+                self.returned_span,
+            )
         return result
 
-    def _bind_params(self, frame: Frame, definition: ast.Definition, given: dict[str, Any],
-                     caller: Frame | None, span: Span, overridable: bool) -> None:
+    def _bind_params(
+        self,
+        frame: Frame,
+        definition: ast.Definition,
+        given: dict[str, Any],
+        caller: Frame | None,
+        span: Span,
+        overridable: bool,
+    ) -> None:
         names = [p.name for p in definition.params]
         for key in given:
             if key not in names:
                 what = "network" if overridable else "block"
-                raise error("E011", f"{what} '{definition.name}' has no parameter '{key}'"
-                            + near_names(key, names), span,
-                            f"note: parameters: {', '.join(names) or 'none'}")
+                raise error(
+                    "E011",
+                    f"{what} '{definition.name}' has no parameter '{key}'" + near_names(key, names),
+                    span,
+                    f"note: parameters: {', '.join(names) or 'none'}",
+                )
         for p in definition.params:
             if p.name in KEYWORDS:
                 raise error("E054", f"'{p.name}' is a keyword", p.span)
@@ -739,8 +915,11 @@ class Elaborator:
             elif p.default is not None:
                 frame.bindings[p.name] = self.eval(frame, p.default)
             else:
-                raise error("E012", f"{definition.kind} '{definition.name}' needs parameter"
-                            f" '{p.name}'", span if caller else p.span)
+                raise error(
+                    "E012",
+                    f"{definition.kind} '{definition.name}' needs parameter '{p.name}'",
+                    span if caller else p.span,
+                )
 
     def _file_defaults(self, scope: FileScope) -> dict[str, dict[str, Any]]:
         frame = Frame(scope, "", (), True)
@@ -748,15 +927,26 @@ class Elaborator:
             self._defaults(frame, stmt)
         return frame.defaults
 
-    def _emit_checked(self, op: str, kwargs: dict[str, Any], inputs: list[Tensor],
-                      label: str | None, frame: Frame, span: Span, trainable: bool = True,
-                      ref: LayerRef | None = None) -> Tensor:
+    def _emit_checked(
+        self,
+        op: str,
+        kwargs: dict[str, Any],
+        inputs: list[Tensor],
+        label: str | None,
+        frame: Frame,
+        span: Span,
+        trainable: bool = True,
+        ref: LayerRef | None = None,
+    ) -> Tensor:
         spec = OPS[op]
         lo, hi = spec.arity
         if len(inputs) < lo or (hi is not None and len(inputs) > hi):
             want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
-            raise error("E027", f"{op} takes {want} input tensor{'s' if want != '1' else ''},"
-                        f" got {len(inputs)}", span)
+            raise error(
+                "E027",
+                f"{op} takes {want} input tensor{'s' if want != '1' else ''}, got {len(inputs)}",
+                span,
+            )
         try:
             attrs = spec.bind(**{k: _plain(v) for k, v in kwargs.items()})
         except AttrError as exc:
@@ -764,12 +954,22 @@ class Elaborator:
             where = dict(ref.arg_spans).get(exc.attr or "", span) if ref else span
             if isinstance(value, Symbol) and "did you mean" not in exc.message:
                 raise self._undefined(frame, value, where) from None
-            raise error("E011" if "has no argument" in exc.message else "E012",
-                        exc.message, where) from None
+            raise error(
+                "E011" if "has no argument" in exc.message else "E012", exc.message, where
+            ) from None
         return self._emit(op, attrs, inputs, label, frame, op, span, trainable)
 
-    def _emit(self, op: str, attrs: Any, inputs: list[Tensor], label: str | None, frame: Frame,
-              base: str, span: Span | None, trainable: bool = True) -> Tensor:
+    def _emit(
+        self,
+        op: str,
+        attrs: Any,
+        inputs: list[Tensor],
+        label: str | None,
+        frame: Frame,
+        base: str,
+        span: Span | None,
+        trainable: bool = True,
+    ) -> Tensor:
         """Add one layer to the graph, with its shape checked now."""
         spec = OPS[op]
         if not hasattr(attrs, "replace"):
@@ -785,18 +985,31 @@ class Elaborator:
         except ShapeError as exc:
             raise self._shape_error(op, exc, inputs, span) from None
         if any(d <= 0 for d in shape):
-            raise error("E041", f"{op} output shape {list(shape)} has an empty axis", span,
-                        *self._origins(inputs))
+            raise error(
+                "E041",
+                f"{op} output shape {list(shape)} has an empty axis",
+                span,
+                *self._origins(inputs),
+            )
         if math.prod(shape) > 2**40:
             raise error("E091", f"{op} output {list(shape)} is too large to allocate", span)
-        layer = Layer(path, op, attrs, tuple(t.path for t in inputs), span,
-                      frame.trainable and trainable, frame.scopes, shape=shape)
+        layer = Layer(
+            path,
+            op,
+            attrs,
+            tuple(t.path for t in inputs),
+            span,
+            frame.trainable and trainable,
+            frame.scopes,
+            shape=shape,
+        )
         self.graph.add(layer)
         origin = layer.label
         return Tensor(path, shape, span, origin)
 
-    def _shape_error(self, op: str, exc: ShapeError, inputs: list[Tensor],
-                     span: Span | None) -> CnnError:
+    def _shape_error(
+        self, op: str, exc: ShapeError, inputs: list[Tensor], span: Span | None
+    ) -> CnnError:
         code = "E031" if op in ("add", "multiply", "concat") else "E041"
         notes = self._origins(inputs)
         if exc.working:
@@ -811,12 +1024,12 @@ class Elaborator:
         return notes
 
     # ---- helpers ----
-    def _tensors_of(self, value: Any, span: Span | None, what: str = "a network returns tensors"
-                    ) -> list[Tensor]:
+    def _tensors_of(
+        self, value: Any, span: Span | None, what: str = "a network returns tensors"
+    ) -> list[Tensor]:
         if isinstance(value, Tensor):
             return [value]
-        if isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, Tensor) for v in value):
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
             return list(value)
         if isinstance(value, Symbol):
             raise error("E013", f"undefined name '{value}'", span)
@@ -950,8 +1163,11 @@ def _metrics(value: Any, span: Span) -> list[str]:
 def _number(kind: type) -> Callable[[Any, Span], Any]:
     def convert(value: Any, span: Span) -> Any:
         if not _is_num(value) or (kind is int and not _is_int(value)) or value < 0:
-            raise error("E073", f"expected a {'whole ' if kind is int else ''}number >= 0,"
-                        f" not {show(value)}", span)
+            raise error(
+                "E073",
+                f"expected a {'whole ' if kind is int else ''}number >= 0, not {show(value)}",
+                span,
+            )
         return kind(value)
 
     return convert
@@ -971,18 +1187,8 @@ TRAIN_SETTINGS: dict[str, Callable[[Any, Span], Any]] = {
 BUDGET_NAMES = ("params", "trainable_params", "non_trainable_params", "macs", "layers")
 
 
-@contextmanager
-def _collecting() -> Iterator[None]:
-    yield
-
-
 def with_partial(exc: CnnError, graph: Graph, sources: dict[str, str]) -> CnnError:
     """Attach the graph built so far and the source texts to an error."""
     exc.partial = graph
     exc.sources = {**sources, **exc.sources}
     return exc
-
-
-def diagnostics_of(exc: CnnError) -> list[Diagnostic]:
-    """The diagnostics of an error (for symmetry with warnings lists)."""
-    return exc.diagnostics

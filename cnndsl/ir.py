@@ -97,13 +97,6 @@ class Graph:
         """An independent copy; layers are immutable, so sharing them is safe."""
         return Graph(self.g.copy())
 
-    def with_layers(self, **updates_by_path: Any) -> Graph:
-        """Copy with some layers replaced."""
-        out = self.copy()
-        for path, layer in updates_by_path.items():
-            out.replace(layer)
-        return out
-
     # ---- reading ----
     @property
     def meta(self) -> dict[str, Any]:
@@ -148,6 +141,15 @@ def map_layers(g: Graph, fn: Any) -> Graph:
     return out
 
 
+def shapes_of(layers: list[Layer]) -> list[Shape]:
+    """The output shapes of layers that infer_shapes (or elaboration) has shaped."""
+    out = []
+    for layer in layers:
+        assert layer.shape is not None, f"{layer.path} has no shape yet"
+        out.append(layer.shape)
+    return out
+
+
 def verify(g: Graph) -> None:
     """Check invariants: acyclic, inputs exist and match edges, ops registered."""
     assert nx.is_directed_acyclic_graph(g.g), "graph has a cycle"
@@ -183,4 +185,4 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["Graph", "Layer", "Scope", "dump", "map_layers", "replace", "verify"]
+__all__ = ["Graph", "Layer", "Scope", "dump", "map_layers", "replace", "shapes_of", "verify"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from cnndsl.elaborate import Elaborator, FileScope, Loader, with_partial
 from cnndsl.ir import Graph, Layer
+from cnndsl.parse import resource_path
 from cnndsl.passes import PIPELINE, estimate_memory, totals, unread_pixel_warnings
 from cnndsl.passes.memory import Memory
 from cnndsl.source import CnnError, Diagnostic, error, near_names
@@ -23,8 +24,9 @@ MAX_SPEC_BYTES = 10 * 1024 * 1024
 class Network:
     """A compiled network: its IR graph (shaped and counted) and what the spec said."""
 
-    def __init__(self, graph: Graph, sources: dict[str, str],
-                 warnings: list[Diagnostic] | None = None) -> None:
+    def __init__(
+        self, graph: Graph, sources: dict[str, str], warnings: list[Diagnostic] | None = None
+    ) -> None:
         self.graph = graph
         self.sources = sources
         self.warnings = warnings or []
@@ -103,14 +105,24 @@ class Network:
         return Model(self.graph, backend=backend, seed=seed)
 
     def __repr__(self) -> str:
-        return (f"<Network {self.name}: {len(self.graph)} layers,"
-                f" {self.total_params:,} params, output {list(self.output_shape)}>")
+        return (
+            f"<Network {self.name}: {len(self.graph)} layers,"
+            f" {self.total_params:,} params, output {list(self.output_shape)}>"
+        )
 
 
 def read_source(source: str | os.PathLike[str]) -> tuple[str, str]:
-    """(text, file name) from a path, a string naming a file, or spec text."""
+    """(text, file name) from a path, a string naming a file, `zoo.NAME`, or spec text."""
+    if isinstance(source, str) and source.startswith("zoo.") and source[4:].isidentifier():
+        shipped = resource_path("specs") / f"{source[4:]}.cnn"
+        if not shipped.is_file():
+            names = sorted(p.stem for p in resource_path("specs").glob("*.cnn"))
+            raise error("E060", f"no shipped spec '{source}'" + near_names(source[4:], names))
+        source = shipped
     if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and "\n" not in source and len(source) < 4096
+        isinstance(source, str)
+        and "\n" not in source
+        and len(source) < 4096
         and source.endswith(".cnn")
     ):
         path = Path(source)
@@ -123,8 +135,9 @@ def read_source(source: str | os.PathLike[str]) -> tuple[str, str]:
         if path.is_dir():
             raise error("E060", f"'{path}' is a folder, not a .cnn file")
         if size > MAX_SPEC_BYTES:
-            raise error("E065", f"'{path}' is {size:,} bytes; specs are limited to"
-                        f" {MAX_SPEC_BYTES:,}")
+            raise error(
+                "E065", f"'{path}' is {size:,} bytes; specs are limited to {MAX_SPEC_BYTES:,}"
+            )
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -169,20 +182,27 @@ def compile(  # noqa: A001 - the public name users expect: cnndsl.compile(...)
     except CnnError as exc:
         raise with_partial(exc, elaborator.graph, loader.sources) from None
     except RecursionError:
-        raise with_partial(error("E092", "the spec nests too deeply to compile",
-                                 definition.span), elaborator.graph, loader.sources) from None
+        raise with_partial(
+            error("E092", "the spec nests too deeply to compile", definition.span),
+            elaborator.graph,
+            loader.sources,
+        ) from None
     return Network(graph, loader.sources, unread_pixel_warnings(graph))
 
 
-def compile_block(source: str | os.PathLike[str], block: str, input_shape: tuple[int, ...],
-                  **params: Any) -> Network:
+def compile_block(
+    source: str | os.PathLike[str], block: str, input_shape: tuple[int, ...], **params: Any
+) -> Network:
     """Compile one block of a spec applied to an input of the given shape."""
     loader, scope = load(source)
     if block not in scope.names or scope.names[block][0].kind != "block":
         blocks = [n for n, (d, _) in scope.names.items() if d.kind == "block"]
-        raise error("E055", f"no block '{block}' in {scope.module.file}"
-                    + near_names(block, blocks) + (f" (blocks: {', '.join(blocks)})"
-                                                   if blocks else ""))
+        raise error(
+            "E055",
+            f"no block '{block}' in {scope.module.file}"
+            + near_names(block, blocks)
+            + (f" (blocks: {', '.join(blocks)})" if blocks else ""),
+        )
     definition = scope.names[block][0]
     elaborator = Elaborator(loader)
     try:
@@ -201,16 +221,26 @@ def pick_network(scope: FileScope, name: str | None) -> Any:
         found = scope.names.get(name)
         if found is None or found[0].kind != "network":
             names = [n for n, (d, _) in scope.names.items() if d.kind == "network"]
-            raise error("E056", f"no network '{name}' in {scope.module.file}"
-                        + near_names(name, names)
-                        + (f" (networks: {', '.join(names)})" if names else ""))
+            raise error(
+                "E056",
+                f"no network '{name}' in {scope.module.file}"
+                + near_names(name, names)
+                + (f" (networks: {', '.join(names)})" if names else ""),
+            )
         return found[0]
     if len(own) == 1:
         return own[0]
     if not own:
         blocks = [d.name for d in scope.module.definitions if d.kind == "block"]
-        hint = (f"; it defines blocks ({', '.join(blocks)}): compile one with --block NAME"
-                " --input-shape H,W,C" if blocks else "")
+        hint = (
+            f"; it defines blocks ({', '.join(blocks)}): compile one with --block NAME"
+            " --input-shape H,W,C"
+            if blocks
+            else ""
+        )
         raise error("E057", f"{scope.module.file} defines no network{hint}")
-    raise error("E058", f"{scope.module.file} defines several networks"
-                f" ({', '.join(d.name for d in own)}): choose one with --network NAME")
+    raise error(
+        "E058",
+        f"{scope.module.file} defines several networks"
+        f" ({', '.join(d.name for d in own)}): choose one with --network NAME",
+    )

@@ -122,20 +122,38 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     except UnexpectedInput as exc:
         raise CnnError([syntax_diagnostic(text, file, exc)], {file: text}) from None
     except RecursionError:
-        raise CnnError([Diagnostic("error", "E092", "the spec nests too deeply to parse"
-                                   " (brackets or operators inside one another)",
-                                   Span(file, 1, 1, 1, 1))], {file: text}) from None
+        raise CnnError(
+            [
+                Diagnostic(
+                    "error",
+                    "E092",
+                    "the spec nests too deeply to parse (brackets or operators inside one another)",
+                    Span(file, 1, 1, 1, 1),
+                )
+            ],
+            {file: text},
+        ) from None
     except VisitError as exc:
         if isinstance(exc.orig_exc, RecursionError):
-            raise CnnError([Diagnostic("error", "E092", "the spec nests too deeply to parse",
-                                       Span(file, 1, 1, 1, 1))], {file: text}) from None
+            raise CnnError(
+                [
+                    Diagnostic(
+                        "error",
+                        "E092",
+                        "the spec nests too deeply to parse",
+                        Span(file, 1, 1, 1, 1),
+                    )
+                ],
+                {file: text},
+            ) from None
         raise
 
 
 def syntax_diagnostic(text: str, file: str, exc: UnexpectedInput) -> Diagnostic:
     """Turn a Lark error into a diagnostic at the place the user must act."""
     if isinstance(exc, UnexpectedCharacters):
-        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        pos = exc.pos_in_stream or 0
+        ch = text[pos] if pos < len(text) else "?"
         where = point(file, exc.line, exc.column)
         hint = "; strings use double quotes" if ch == "'" else ""
         return Diagnostic("error", "E001", f"unexpected character {ch!r}{hint}", where)
@@ -158,26 +176,42 @@ def syntax_diagnostic(text: str, file: str, exc: UnexpectedInput) -> Diagnostic:
     # An unclosed bracket: report it where it was opened. That is the case when
     # the file ends, a different closer comes, or the bracket's own closer is
     # expected but the next token sits on a later line than the bracket.
-    if bad_token is not None and bad_token.value in CLOSERS and all(
-            o.value != CLOSERS[bad_token.value] for o in opened):
+    if (
+        bad_token is not None
+        and bad_token.value in CLOSERS
+        and all(o.value != CLOSERS[bad_token.value] for o in opened)
+    ):
         return Diagnostic(
             "error", "E003", f"`{bad_token.value}` closes nothing", _token_span(file, bad_token)
         )
     if opened:
         opener = opened[-1]
         want = OPENERS[opener.value]
-        wrong_closer = bad_token is not None and bad_token.value in CLOSERS and (
-            CLOSERS[bad_token.value] != opener.value)
-        moved_on = (bad_token is not None and f"`{want}`" in expected
-                    and (bad_token.line or 0) > (opener.line or 0) and want != "}")
+        wrong_closer = (
+            bad_token is not None
+            and bad_token.value in CLOSERS
+            and (CLOSERS[bad_token.value] != opener.value)
+        )
+        moved_on = (
+            bad_token is not None
+            and f"`{want}`" in expected
+            and (bad_token.line or 0) > (opener.line or 0)
+            and want != "}"
+        )
         if bad_token is None or wrong_closer or moved_on:
             at = f"{opener.line}:{opener.column}"
-            note = ("note: the file ends before it is closed" if bad_token is None else
-                    f"note: {_describe(bad_token)} at {bad_token.line}:{bad_token.column}"
-                    " comes first")
+            note = (
+                "note: the file ends before it is closed"
+                if bad_token is None
+                else f"note: {_describe(bad_token)} at {bad_token.line}:{bad_token.column}"
+                " comes first"
+            )
             return Diagnostic(
-                "error", "E002", f"unclosed `{opener.value}` opened at {at}: expected `{want}`",
-                _token_span(file, opener), (note,),
+                "error",
+                "E002",
+                f"unclosed `{opener.value}` opened at {at}: expected `{want}`",
+                _token_span(file, opener),
+                (note,),
             )
 
     label = _match_example(exc, text)
@@ -198,8 +232,9 @@ def syntax_diagnostic(text: str, file: str, exc: UnexpectedInput) -> Diagnostic:
     if bad_token is None:
         line = text.count("\n") + 1
         return Diagnostic("error", "E004", message, point(file, line, 1))
-    return Diagnostic("error", "E005" if not label else "E006", message,
-                      _token_span(file, bad_token))
+    return Diagnostic(
+        "error", "E005" if not label else "E006", message, _token_span(file, bad_token)
+    )
 
 
 def point(file: str, line: int, col: int) -> Span:
@@ -208,8 +243,13 @@ def point(file: str, line: int, col: int) -> Span:
 
 
 def _token_span(file: str, tok: Token) -> Span:
-    return Span(file, tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1,
-                tok.end_column or (tok.column or 1) + 1)
+    return Span(
+        file,
+        tok.line or 1,
+        tok.column or 1,
+        tok.end_line or tok.line or 1,
+        tok.end_column or (tok.column or 1) + 1,
+    )
 
 
 def _tokens(text: str) -> Any:
@@ -225,9 +265,13 @@ def _open_brackets(tokens: list[Token]) -> list[Token]:
     for tok in tokens:
         if tok.value in OPENERS and tok.type != "STRING":
             stack.append(tok)
-        elif tok.value in CLOSERS and tok.type != "STRING":
-            if stack and OPENERS[stack[-1].value] == tok.value:
-                stack.pop()
+        elif (
+            tok.value in CLOSERS
+            and tok.type != "STRING"
+            and stack
+            and OPENERS[stack[-1].value] == tok.value
+        ):
+            stack.pop()
     return stack
 
 
@@ -254,8 +298,11 @@ def _expected(exc: UnexpectedInput) -> str:
         if pattern.type == "str":
             shown.append(f"`{pattern.value}`")
         elif name in ("NAME", "INT", "FLOAT", "STRING"):
-            shown.append({"NAME": "a name", "INT": "a number", "FLOAT": "a number",
-                          "STRING": "a string"}[name])
+            shown.append(
+                {"NAME": "a name", "INT": "a number", "FLOAT": "a number", "STRING": "a string"}[
+                    name
+                ]
+            )
         elif name == "COMPARE":
             shown.append("a comparison")
     shown = sorted(set(shown))
@@ -338,10 +385,14 @@ class ToAst(Transformer):
         return ".".join(str(n) for n in names)
 
     def _definition(self, kind: str, meta: Any, name: Token, params: Any, body: Any) -> Any:
-        header = Span(self.file, meta.line, meta.column, name.end_line or meta.line,
-                      name.end_column or meta.column)
-        return ast.Definition(kind, str(name), tuple(params or ()), tuple(body), header,
-                              self.file)
+        header = Span(
+            self.file,
+            meta.line,
+            meta.column,
+            name.end_line or meta.line,
+            name.end_column or meta.column,
+        )
+        return ast.Definition(kind, str(name), tuple(params or ()), tuple(body), header, self.file)
 
     def block(self, meta: Any, name: Token, params: Any, body: Any) -> ast.Definition:
         return self._definition("block", meta, name, params, body)

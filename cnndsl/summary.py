@@ -61,18 +61,37 @@ def rows(g: Graph, depth: int | None = None) -> list[Row]:
             inner = members[s.path]
             collapsed = depth is not None and level == depth - 1
             what = f"{s.block}" + (f" ({s.repeat})" if s.repeat else "")
-            out.append(Row(
-                s.path, what, inner[-1].shape, sum(m.params for m in inner),
-                sum(m.macs for m in inner), inner[-1].receptive, level, True, collapsed,
-                all(m.trainable for m in inner),
-            ))
+            out.append(
+                Row(
+                    s.path,
+                    what,
+                    inner[-1].shape,
+                    sum(m.params for m in inner),
+                    sum(m.macs for m in inner),
+                    inner[-1].receptive,
+                    level,
+                    True,
+                    collapsed,
+                    all(m.trainable for m in inner),
+                )
+            )
             if collapsed:
                 hidden = True
                 break
         if hidden:
             continue
-        out.append(Row(layer.path, describe(g, layer), layer.shape, layer.params, layer.macs,
-                       layer.receptive, len(layer.scopes), trainable=layer.trainable))
+        out.append(
+            Row(
+                layer.path,
+                describe(g, layer),
+                layer.shape,
+                layer.params,
+                layer.macs,
+                layer.receptive,
+                len(layer.scopes),
+                trainable=layer.trainable,
+            )
+        )
     return out
 
 
@@ -112,8 +131,9 @@ def human(n: float, unit: str = "") -> str:
     return str(n)
 
 
-def render_table(g: Graph, depth: int | None = None, batch: int = 1,
-                 failed_at: str | None = None) -> str:
+def render_table(
+    g: Graph, depth: int | None = None, batch: int = 1, failed_at: str | None = None
+) -> str:
     """The summary as text: a table and the totals under it."""
     table = [("Layer", "Op", "Output shape", "Params", "MACs", "RF")]
     for r in rows(g, depth):
@@ -125,14 +145,17 @@ def render_table(g: Graph, depth: int | None = None, batch: int = 1,
         else:
             name = f"{indent}{path}"
             what = r.what
-        table.append((name, what, _shape(r.shape), f"{r.params:,}", f"{r.macs:,}",
-                      _rf(r.receptive)))
+        table.append(
+            (name, what, _shape(r.shape), f"{r.params:,}", f"{r.macs:,}", _rf(r.receptive))
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     right = {3, 4, 5}
 
     def fmt(row: tuple[str, ...]) -> str:
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         return "  ".join(cells).rstrip()
 
     rule = "─" * len(fmt(table[0]))
@@ -159,26 +182,31 @@ def to_json(g: Graph, depth: int | None = None, batch: int = 1) -> dict[str, Any
     """The summary as plain data (schema cnndsl.summary/1)."""
     layers = []
     for layer in g:
-        layers.append({
-            "path": layer.path,
-            "op": layer.op,
-            "label": layer.label,
-            "attrs": {k: _jsonable(v) for k, v in layer.attrs.items()},
-            "inputs": list(layer.inputs),
-            "shape": list(layer.shape) if layer.shape else None,
-            "params": layer.params,
-            "trainable_params": layer.trainable_params,
-            "non_trainable_params": layer.non_trainable_params,
-            "weights": {k: list(w.shape) for k, w in layer.weights.items()},
-            "macs": layer.macs,
-            "receptive_field": list(layer.receptive) if layer.receptive else None,
-            "jump": list(layer.jump) if layer.jump else None,
-            "trainable": layer.trainable,
-            "blocks": [{"path": s.path, "block": s.block} for s in layer.scopes],
-            "span": _span(layer.span),
-        })
-    edges = [{"from": src, "to": layer.path, "index": i}
-             for layer in g for i, src in enumerate(layer.inputs)]
+        layers.append(
+            {
+                "path": layer.path,
+                "op": layer.op,
+                "label": layer.label,
+                "attrs": {k: _jsonable(v) for k, v in layer.attrs.items()},
+                "inputs": list(layer.inputs),
+                "shape": list(layer.shape) if layer.shape else None,
+                "params": layer.params,
+                "trainable_params": layer.trainable_params,
+                "non_trainable_params": layer.non_trainable_params,
+                "weights": {k: list(w.shape) for k, w in layer.weights.items()},
+                "macs": layer.macs,
+                "receptive_field": list(layer.receptive) if layer.receptive else None,
+                "jump": list(layer.jump) if layer.jump else None,
+                "trainable": layer.trainable,
+                "blocks": [{"path": s.path, "block": s.block} for s in layer.scopes],
+                "span": _span(layer.span),
+            }
+        )
+    edges = [
+        {"from": src, "to": layer.path, "index": i}
+        for layer in g
+        for i, src in enumerate(layer.inputs)
+    ]
     return {
         "schema": SCHEMA,
         "network": g.meta.get("name"),
@@ -189,8 +217,15 @@ def to_json(g: Graph, depth: int | None = None, batch: int = 1) -> dict[str, Any
         "layers": layers,
         "edges": edges,
         "summary": [
-            {"path": r.path, "what": r.what, "shape": list(r.shape) if r.shape else None,
-             "params": r.params, "macs": r.macs, "level": r.level, "block": r.is_block}
+            {
+                "path": r.path,
+                "what": r.what,
+                "shape": list(r.shape) if r.shape else None,
+                "params": r.params,
+                "macs": r.macs,
+                "level": r.level,
+                "block": r.is_block,
+            }
             for r in rows(g, depth)
         ],
         "totals": totals(g),
@@ -202,8 +237,13 @@ def to_json(g: Graph, depth: int | None = None, batch: int = 1) -> dict[str, Any
 def _span(span: Any) -> dict[str, Any] | None:
     if span is None:
         return None
-    return {"file": span.file, "line": span.line, "col": span.col,
-            "end_line": span.end_line, "end_col": span.end_col}
+    return {
+        "file": span.file,
+        "line": span.line,
+        "col": span.col,
+        "end_line": span.end_line,
+        "end_col": span.end_col,
+    }
 
 
 def _jsonable(v: Any) -> Any:

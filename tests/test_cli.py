@@ -30,8 +30,19 @@ def test_compile_depth_collapses_blocks(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_compile_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compile", str(ROOT / "specs" / "fashion_mnist.cnn"), "--format", "json",
-                 "--batch", "32"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(ROOT / "specs" / "fashion_mnist.cnn"),
+                "--format",
+                "json",
+                "--batch",
+                "32",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["schema"] == "cnndsl.summary/1"
     assert doc["totals"]["params"] == 1_413_834
@@ -62,8 +73,21 @@ def test_missing_file_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[
 
 def test_block_compilation(capsys: pytest.CaptureFixture[str]) -> None:
     spec = ROOT / "examples" / "language" / "inception.cnn"
-    argv = ["compile", str(spec), "--block", "inception", "--input-shape", "28,28,192",
-            "--set", "c1=64", "c3_reduce=96", "c3=128", "c5_reduce=16", "c5=32", "pool_proj=32"]
+    argv = [
+        "compile",
+        str(spec),
+        "--block",
+        "inception",
+        "--input-shape",
+        "28,28,192",
+        "--set",
+        "c1=64",
+        "c3_reduce=96",
+        "c3=128",
+        "c5_reduce=16",
+        "c5=32",
+        "pool_proj=32",
+    ]
     assert main(argv) == 0
     assert "concat 64+128+32+32=256" in capsys.readouterr().out
 
@@ -86,9 +110,20 @@ def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_entry_point() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cnndsl", "compile", "zoo.resnet34", "--set", "size=32",
-         "--format", "json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "cnndsl",
+            "compile",
+            "zoo.resnet34",
+            "--set",
+            "size=32",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["network"] == "resnet34"

@@ -10,8 +10,9 @@ from cnndsl.source import CnnError
 
 
 def compile_net(body: str, header: str = "", **params):  # type: ignore[no-untyped-def]
-    return cnndsl.compile(header + "network n(k=2) {\n    input x: [8, 8, 3]\n" + body + "\n}",
-                          **params)
+    return cnndsl.compile(
+        header + "network n(k=2) {\n    input x: [8, 8, 3]\n" + body + "\n}", **params
+    )
 
 
 def paths(net) -> list[str]:  # type: ignore[no-untyped-def]
@@ -29,10 +30,14 @@ def test_repeat_of_a_layer_and_of_a_block() -> None:
     net = compile_net("    return x -> unit(5) * 3 -> relu * 2", header)
     assert paths(net) == [
         "x",
-        "unit_1/conv_1", "unit_1/relu_1",
-        "unit_2/conv_1", "unit_2/relu_1",
-        "unit_3/conv_1", "unit_3/relu_1",
-        "relu_1", "relu_2",
+        "unit_1/conv_1",
+        "unit_1/relu_1",
+        "unit_2/conv_1",
+        "unit_2/relu_1",
+        "unit_3/conv_1",
+        "unit_3/relu_1",
+        "relu_1",
+        "relu_2",
     ]
     scope = net.graph["unit_2/conv_1"].scopes[0]
     assert (scope.path, scope.block, scope.repeat) == ("unit_2", "unit", "repeat 2 of 3")
@@ -41,7 +46,7 @@ def test_repeat_of_a_layer_and_of_a_block() -> None:
 def test_names_and_nested_paths() -> None:
     header = (
         "block inner() { return input -> conv(2, 1) }\n"
-        "block outer() { return input -> inner -> inner(name=\"second\") }\n"
+        'block outer() { return input -> inner -> inner(name="second") }\n'
     )
     net = compile_net('    return x -> outer(name="stage2")', header)
     assert paths(net) == ["x", "stage2/inner_1/conv_1", "stage2/second/conv_1"]
@@ -61,8 +66,9 @@ def test_defaults_are_lexically_scoped() -> None:
         "defaults conv(kernel=3, padding=same)\n"
         "block b() { defaults conv(kernel=1)\n return input -> conv(2) }\n"
     )
-    net = compile_net("    y = x -> conv(4)\n    defaults conv(kernel=5)\n"
-                      "    return y -> conv(4) -> b", header)
+    net = compile_net(
+        "    y = x -> conv(4)\n    defaults conv(kernel=5)\n    return y -> conv(4) -> b", header
+    )
     kernels = [layer.attrs["kernel"] for layer in net.layers if layer.op == "conv"]
     assert kernels == [(3, 3), (5, 5), (1, 1)]
 
@@ -158,8 +164,9 @@ def test_train_section() -> None:
 
 
 def test_budget_that_holds() -> None:
-    net = compile_net("    budget { params <= 100 macs <= 1e9 layers == 1 }\n"
-                      "    return x -> conv(2, 1)")
+    net = compile_net(
+        "    budget { params <= 100 macs <= 1e9 layers == 1 }\n    return x -> conv(2, 1)"
+    )
     assert net.total_params == 8
 
 

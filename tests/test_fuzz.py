@@ -14,12 +14,50 @@ from cnndsl.source import CnnError
 
 ROOT = Path(__file__).resolve().parent.parent
 # The seed specs and the design's examples: small enough that 2,000 mutants compile quickly.
-SPECS = [ROOT / "specs" / "fashion_mnist.cnn", ROOT / "specs" / "resnet34.cnn",
-         *sorted((ROOT / "examples" / "language").glob("*.cnn"))]
+SPECS = [
+    ROOT / "specs" / "fashion_mnist.cnn",
+    ROOT / "specs" / "resnet34.cnn",
+    *sorted((ROOT / "examples" / "language").glob("*.cnn")),
+]
 TOTAL_MUTANTS = 2000
-TOKENS = ["(", ")", "{", "}", "[", "]", "->", ",", "=", "*", "+", "-", "//", ".", "if", "else",
-          "for", "in", "return", "input", "0", "-1", "999999999999", "1e400", "x", "conv",
-          "block", "network", "\"", "#", "\n", "relu", "true", "1.5", "same", "channels"]
+TOKENS = [
+    "(",
+    ")",
+    "{",
+    "}",
+    "[",
+    "]",
+    "->",
+    ",",
+    "=",
+    "*",
+    "+",
+    "-",
+    "//",
+    ".",
+    "if",
+    "else",
+    "for",
+    "in",
+    "return",
+    "input",
+    "0",
+    "-1",
+    "999999999999",
+    "1e400",
+    "x",
+    "conv",
+    "block",
+    "network",
+    '"',
+    "#",
+    "\n",
+    "relu",
+    "true",
+    "1.5",
+    "same",
+    "channels",
+]
 
 
 def mutate(text: str, rng: random.Random) -> str:
@@ -37,7 +75,7 @@ def mutate(text: str, rng: random.Random) -> str:
         return text[:i] + rng.choice(TOKENS) + text[i:]
     if kind == 3:
         k = rng.randrange(len(text))
-        return text[:i] + text[k:k + (j - i)] + text[j:]
+        return text[:i] + text[k : k + (j - i)] + text[j:]
     return text[:i] + rng.choice(TOKENS) + text[j:]
 
 

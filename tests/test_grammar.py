@@ -31,7 +31,7 @@ SNIPPETS = {
     "for": "network n() { input x: [1] for i in range(3) { x = x -> relu } return x }",
     "ifexp": "network n() { input x: [1] y = (1 if true else 2) return x }",
     "arith": "network n() { input x: [1] y = -1 + 2 * 3 // 2 % 5 - 4 / 2 return x }",
-    "logic": "network n() { input x: [1] assert not false and (true or false), \"m\" return x }",
+    "logic": 'network n() { input x: [1] assert not false and (true or false), "m" return x }',
     "lists": "network n() { input x: [1] y = [1, 2,] * 2 + [3] return x }",
     "tuple": "network n() { input x: [4, 4, 1] return x -> conv(1, (1, 3),) }",
     "attr_index": "network n() { input x: [4, 4, 1] y = x.shape[0] return x }",

@@ -48,13 +48,25 @@ def test_resnet34_example() -> None:
 def test_inception_example() -> None:
     # GoogLeNet's inception (3a) on a 28×28×192 input: 64+128+32+32 = 256 channels.
     net = cnndsl.compile_block(
-        EXAMPLES / "inception.cnn", "inception", (28, 28, 192),
-        c1=64, c3_reduce=96, c3=128, c5_reduce=16, c5=32, pool_proj=32,
+        EXAMPLES / "inception.cnn",
+        "inception",
+        (28, 28, 192),
+        c1=64,
+        c3_reduce=96,
+        c3=128,
+        c5_reduce=16,
+        c5=32,
+        pool_proj=32,
     )
     assert net.output_shape == (28, 28, 256)
-    hand = (192 * 64 + 64) + (192 * 96 + 96) + (9 * 96 * 128 + 128) + (192 * 16 + 16) + (
-        25 * 16 * 32 + 32
-    ) + (192 * 32 + 32)
+    hand = (
+        (192 * 64 + 64)
+        + (192 * 96 + 96)
+        + (9 * 96 * 128 + 128)
+        + (192 * 16 + 16)
+        + (25 * 16 * 32 + 32)
+        + (192 * 32 + 32)
+    )
     assert net.total_params == hand
 
 

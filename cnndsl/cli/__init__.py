@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per available command."""
     parser = argparse.ArgumentParser(
         prog="cnndsl",
-        description="Compile, train and draw convolutional networks written in the .cnn"
-        " language.",
+        description="Compile, train and draw convolutional networks written in the .cnn language.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

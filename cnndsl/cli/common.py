@@ -16,29 +16,41 @@ DEFAULT_SPEC = "digits.cnn"
 def add_spec_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     """SPEC, --network, --set k=v (and --block/--input-shape for block-only files)."""
     if optional:
-        parser.add_argument("spec", nargs="?", default=None,
-                            help="a .cnn file, or zoo.NAME for a shipped spec"
-                            " (default: the shipped digits CNN)")
+        parser.add_argument(
+            "spec",
+            nargs="?",
+            default=None,
+            help="a .cnn file, or zoo.NAME for a shipped spec (default: the shipped digits CNN)",
+        )
     else:
         parser.add_argument("spec", help="a .cnn file, or zoo.NAME for a shipped spec")
-    parser.add_argument("--network", metavar="NAME",
-                        help="which network to compile when the file has several")
-    parser.add_argument("--set", dest="params", action="append", default=[],
-                        metavar="K=V", help="override a network parameter, e.g. --set size=64"
-                        " (repeatable; also --set a=1 b=2)", nargs="+")
-    parser.add_argument("--block", metavar="NAME",
-                        help="compile one block instead of a network (needs --input-shape)")
-    parser.add_argument("--input-shape", metavar="H,W,C",
-                        help="input shape for --block, e.g. 28,28,192")
+    parser.add_argument(
+        "--network", metavar="NAME", help="which network to compile when the file has several"
+    )
+    parser.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="override a network parameter, e.g. --set size=64 (repeatable; also --set a=1 b=2)",
+        nargs="+",
+    )
+    parser.add_argument(
+        "--block",
+        metavar="NAME",
+        help="compile one block instead of a network (needs --input-shape)",
+    )
+    parser.add_argument(
+        "--input-shape", metavar="H,W,C", help="input shape for --block, e.g. 28,28,192"
+    )
 
 
 def spec_path(spec: str | None) -> str:
     """A SPEC argument as a path: zoo.NAME names a shipped spec."""
     if spec is None:
         return str(resource_path("specs") / DEFAULT_SPEC)
-    if spec.startswith("zoo.") and not spec.endswith(".cnn"):
-        return str(resource_path("specs") / f"{spec[4:]}.cnn")
-    return spec
+    return spec  # cnndsl.compile reads zoo.NAME itself
 
 
 def parse_value(text: str) -> Any:
@@ -100,8 +112,10 @@ def compile_from_args(args: argparse.Namespace) -> Network:
         try:
             shape = tuple(int(s) for s in shape_text.split(","))
         except ValueError:
-            print(f"error: --input-shape expects numbers like 28,28,3, got '{shape_text}'",
-                  file=sys.stderr)
+            print(
+                f"error: --input-shape expects numbers like 28,28,3, got '{shape_text}'",
+                file=sys.stderr,
+            )
             raise SystemExit(2) from None
         return compile_block(path, block, shape, **params)
     return compile(path, getattr(args, "network", None), **params)

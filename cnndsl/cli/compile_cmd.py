@@ -16,15 +16,33 @@ from cnndsl.summary import render_table
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `cnndsl compile`."""
     add_spec_arguments(parser)
-    parser.add_argument("--batch", type=int, default=1, metavar="B",
-                        help="batch size for the memory estimate (default 1)")
-    parser.add_argument("--depth", type=int, default=None, metavar="N",
-                        help="collapse block instances nested N deep or more into one row")
-    parser.add_argument("--format", choices=("table", "json", "ir"), default="table",
-                        help="table (default), json (schema in docs/json.md) or ir (one line"
-                        " per layer)")
-    parser.add_argument("--max-layers", type=int, default=None, metavar="N",
-                        help="refuse networks with more than N layers (default 100000)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="B",
+        help="batch size for the memory estimate (default 1)",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="collapse block instances nested N deep or more into one row",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "ir"),
+        default="table",
+        help="table (default), json (schema in docs/json.md) or ir (one line per layer)",
+    )
+    parser.add_argument(
+        "--max-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse networks with more than N layers (default 100000)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,8 +56,14 @@ def run(args: argparse.Namespace) -> int:
         if exc.partial is not None and len(exc.partial) and args.format == "table":
             partial = receptive_fields(count_macs(count_params(exc.partial)))
             where = exc.diagnostics[0].span
-            print(render_table(partial, depth=args.depth, batch=args.batch,
-                               failed_at=str(where) if where else "unknown place"))
+            print(
+                render_table(
+                    partial,
+                    depth=args.depth,
+                    batch=args.batch,
+                    failed_at=str(where) if where else "unknown place",
+                )
+            )
             print()
         report(exc)
         return 1

@@ -170,7 +170,7 @@ class Padding(AttrType):
                 return value
             raise AttrError(
                 f"argument '{name}' must be {self.describe}, not {value}"
-                + near("same valid".split(), value),
+                + near(["same", "valid"], value),
                 name,
             )
         return Pair(min=0).convert(name, value)
@@ -352,7 +352,8 @@ class Op:
         for name, value in kw.items():
             if name not in self.attrs:
                 raise AttrError(
-                    f"{self.name} has no argument '{name}'" + near(list(self.attrs), name)
+                    f"{self.name} has no argument '{name}'"
+                    + near(list(self.attrs), name)
                     + f" (it takes: {', '.join(self.attrs) or 'no arguments'})",
                     name,
                 )
@@ -439,12 +440,15 @@ def same_padding(n: int, f: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def pads(padding: str | tuple[int, int], size: Shape, kernel: tuple[int, int],
-         stride: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def pads(
+    padding: str | tuple[int, int], size: Shape, kernel: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """((top, bottom), (left, right)) zero padding for a window op."""
     if padding == "same":
-        return (same_padding(size[0], kernel[0], stride[0]),
-                same_padding(size[1], kernel[1], stride[1]))
+        return (
+            same_padding(size[0], kernel[0], stride[0]),
+            same_padding(size[1], kernel[1], stride[1]),
+        )
     if padding == "valid":
         return (0, 0), (0, 0)
     assert isinstance(padding, tuple)
@@ -471,7 +475,5 @@ def effective(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, 
 def spatial(op: str, x: Shape) -> tuple[int, int, int]:
     """(h, w, c) of a feature map, or ShapeError for any other rank."""
     if len(x) != 3:
-        raise ShapeError(
-            f"{op} needs a feature map [height, width, channels], got {list(x)}"
-        )
+        raise ShapeError(f"{op} needs a feature map [height, width, channels], got {list(x)}")
     return x[0], x[1], x[2]

@@ -12,8 +12,14 @@ from cnndsl.ir import Graph
 from cnndsl.passes.params import totals
 from cnndsl.source import CnnError, Diagnostic
 
-COMPARISONS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
-               "==": operator.eq, "!=": operator.ne}
+COMPARISONS = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 
 def check_budgets(g: Graph) -> Graph:
@@ -23,9 +29,14 @@ def check_budgets(g: Graph) -> Graph:
     for name, op, limit, span in g.meta.get("budgets", ()):
         actual = counts[name]
         if not COMPARISONS[op](actual, limit):
-            failed.append(Diagnostic(
-                "error", "E080", f"budget exceeded: {name} is {actual:,}, the budget says"
-                f" {op} {limit:,}", span))
+            failed.append(
+                Diagnostic(
+                    "error",
+                    "E080",
+                    f"budget exceeded: {name} is {actual:,}, the budget says {op} {limit:,}",
+                    span,
+                )
+            )
     if failed:
         raise CnnError(failed, partial=g)
     return g

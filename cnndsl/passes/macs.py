@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cnndsl.ir import Graph, Layer, map_layers
+from cnndsl.ir import Graph, Layer, map_layers, shapes_of
 from cnndsl.ops import OPS
 
 
@@ -16,7 +16,7 @@ def count_macs(g: Graph) -> Graph:
 
     def counted(layer: Layer, ins: list[Layer]) -> Layer:
         assert layer.shape is not None, "count_macs runs after infer_shapes"
-        xs = [i.shape for i in ins]
+        xs = shapes_of(ins)
         return replace(layer, macs=int(OPS[layer.op].macs(layer.attrs, xs, layer.shape)))
 
     return map_layers(g, counted)

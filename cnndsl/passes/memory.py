@@ -26,8 +26,12 @@ class Memory:
     training: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"batch": self.batch, "params_bytes": self.params,
-                "inference_peak_bytes": self.inference_peak, "training_bytes": self.training}
+        return {
+            "batch": self.batch,
+            "params_bytes": self.params,
+            "inference_peak_bytes": self.inference_peak,
+            "training_bytes": self.training,
+        }
 
 
 def estimate_memory(g: Graph, batch: int = 1, optimizer_slots: int = 1) -> Memory:

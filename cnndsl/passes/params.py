@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cnndsl.ir import Graph, Layer, map_layers
+from cnndsl.ir import Graph, Layer, map_layers, shapes_of
 from cnndsl.ops import OPS
 
 
@@ -17,7 +17,7 @@ def count_params(g: Graph) -> Graph:
     """Return a copy of g with `weights` set on every layer."""
 
     def weighed(layer: Layer, ins: list[Layer]) -> Layer:
-        shapes = [i.shape for i in ins]
+        shapes = shapes_of(ins)
         return replace(layer, weights=dict(OPS[layer.op].weights(layer.attrs, *shapes)))
 
     return map_layers(g, weighed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cnndsl.ir import Graph, Layer, map_layers
+from cnndsl.ir import Graph, Layer, map_layers, shapes_of
 from cnndsl.ops import OPS
 
 
@@ -21,7 +21,7 @@ def receptive_fields(g: Graph) -> Graph:
     def field_of(layer: Layer, ins: list[Layer]) -> Layer:
         if not ins:
             return replace(layer, receptive=(1, 1), jump=(1, 1))
-        window = OPS[layer.op].window(layer.attrs, *[i.shape for i in ins])
+        window = OPS[layer.op].window(layer.attrs, *shapes_of(ins))
         fields = [i.receptive or (1, 1) for i in ins]
         jumps = [i.jump or (1, 1) for i in ins]
         r = (max(f[0] for f in fields), max(f[1] for f in fields))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cnndsl.ir import Graph, Layer, map_layers
+from cnndsl.ir import Graph, Layer, map_layers, shapes_of
 from cnndsl.ops import OPS
 from cnndsl.ops.registry import ShapeError
 from cnndsl.source import Diagnostic, error
@@ -20,7 +20,7 @@ def infer_shapes(g: Graph) -> Graph:
 
     def shaped(layer: Layer, ins: list[Layer]) -> Layer:
         try:
-            shape = tuple(OPS[layer.op].shape(layer.attrs, *[i.shape for i in ins]))
+            shape = tuple(OPS[layer.op].shape(layer.attrs, *shapes_of(ins)))
         except ShapeError as exc:
             notes = [f"working: {exc.working}"] if exc.working else []
             raise error("E041", exc.message, layer.span, *notes) from None
@@ -49,12 +49,15 @@ def unread_pixel_warnings(g: Graph) -> list[Diagnostic]:
             span = x[axis] - f + 2 * pad[axis]
             if span >= 0 and span % stride[axis]:
                 left = span % stride[axis]
-                out.append(Diagnostic(
-                    "warning", "W001",
-                    f"{layer.op} never reads the last {left} {name} of its input:"
-                    f" ({x[axis]} - {f} + 2·{pad[axis]}) is not a multiple of the stride"
-                    f" {stride[axis]}",
-                    layer.span,
-                    (f"note: layer '{layer.path}'; padding=same would keep them",),
-                ))
+                out.append(
+                    Diagnostic(
+                        "warning",
+                        "W001",
+                        f"{layer.op} never reads the last {left} {name} of its input:"
+                        f" ({x[axis]} - {f} + 2·{pad[axis]}) is not a multiple of the stride"
+                        f" {stride[axis]}",
+                        layer.span,
+                        (f"note: layer '{layer.path}'; padding=same would keep them",),
+                    )
+                )
     return out
