@@ -52,6 +52,7 @@ KEYWORDS = frozenset(
 )
 MAX_LAYERS = 100_000  # a runaway loop stops here with a clear error
 MAX_DEPTH = 64  # nested block calls
+MAX_ELEMENTS = 2**34  # per tensor or per layer's weights: 64 GiB of float32
 
 
 # ---- Compile-time values ----
@@ -991,8 +992,22 @@ class Elaborator:
                 span,
                 *self._origins(inputs),
             )
-        if math.prod(shape) > 2**40:
-            raise error("E091", f"{op} output {list(shape)} is too large to allocate", span)
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise error(
+                "E091",
+                f"{op} output {list(shape)} has {math.prod(shape):,} elements"
+                f" per sample: too large to allocate (limit {MAX_ELEMENTS:,})",
+                span,
+            )
+        weights = spec.weights(attrs, *[t.shape for t in inputs])
+        count = sum(w.size for w in weights.values())
+        if count > MAX_ELEMENTS:
+            raise error(
+                "E091",
+                f"{op} would have {count:,} parameters: too many to allocate"
+                f" (limit {MAX_ELEMENTS:,})",
+                span,
+            )
         layer = Layer(
             path,
             op,

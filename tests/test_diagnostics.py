@@ -402,3 +402,40 @@ def test_runaway_loop_is_refused() -> None:
     with pytest.raises(CnnError) as info:
         cnndsl.compile(text, max_layers=1000)
     assert info.value.diagnostics[0].code == "E090"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "    return x -> conv(99999999999, 3)",
+        "    return x -> flatten -> dense(10_000_000_000)",
+        "    return x -> zeropad(100000000)",
+    ],
+)
+def test_sizes_that_cannot_be_allocated_are_refused(body: str) -> None:
+    with pytest.raises(CnnError) as info:
+        cnndsl.compile(net(body))
+    d = info.value.diagnostics[0]
+    assert d.code == "E091" and "too" in d.message
+
+
+def test_a_spec_over_ten_megabytes_is_refused(tmp_path) -> None:
+    path = tmp_path / "huge.cnn"
+    path.write_text("# padding\n" * 1_100_000)
+    with pytest.raises(CnnError) as info:
+        cnndsl.compile(path)
+    assert info.value.diagnostics[0].code == "E065"
+
+
+def test_importing_a_non_cnn_file_is_refused(tmp_path) -> None:
+    (tmp_path / "evil.py").write_text("import os")
+    (tmp_path / "main.cnn").write_text('import "evil.py"\n' + net("    return x"))
+    with pytest.raises(CnnError) as info:
+        cnndsl.compile(tmp_path / "main.cnn")
+    assert info.value.diagnostics[0].code == "E062"
+
+
+def test_deeply_nested_brackets_are_a_diagnostic() -> None:
+    with pytest.raises(CnnError) as info:
+        cnndsl.compile(net("    y = " + "[" * 3000 + "1" + "]" * 3000 + "\n    return x"))
+    assert info.value.diagnostics[0].code in ("E092",)

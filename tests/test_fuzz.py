@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cnndsl
+import cnndsl.ops
 from cnndsl.source import CnnError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,3 +105,74 @@ def test_thousands_of_mutations_never_raise_a_traceback(path: Path) -> None:
 @given(st.lists(st.sampled_from([*TOKENS, " ", "a", "1", ":"]), max_size=40).map(" ".join))
 def test_token_soup(text: str) -> None:
     compiles_or_diagnoses(text)
+
+
+# ---- Generated specs: random networks from the op registry, valid or not ----
+
+OP_NAMES = sorted(op for op in cnndsl.ops.OPS if op != "input")
+VALUES = st.one_of(
+    st.integers(-3, 40),
+    st.sampled_from(
+        [
+            "same",
+            "valid",
+            "relu",
+            "softmax",
+            "true",
+            "false",
+            "(1, 3)",
+            "(2, 2)",
+            "0.5",
+            "1e-3",
+            "x",
+            "[1, 2]",
+            "10 ** 3",
+            "99999999999",
+        ]
+    ),
+)
+
+
+@st.composite
+def layer_call(draw: st.DrawFn) -> str:
+    op = draw(st.sampled_from(OP_NAMES))
+    spec = cnndsl.ops.OPS[op]
+    names = list(spec.attrs) + ["name", "trainable", "bogus"]
+    positional = [str(draw(VALUES)) for _ in range(draw(st.integers(0, len(spec.args))))]
+    keywords = {
+        draw(st.sampled_from(names)): str(draw(VALUES)) for _ in range(draw(st.integers(0, 2)))
+    }
+    keywords.pop("name", None)
+    args = positional + [f"{k}={v}" for k, v in keywords.items()]
+    return f"{op}({', '.join(args)})" if args or draw(st.booleans()) else op
+
+
+@st.composite
+def network_spec(draw: st.DrawFn) -> str:
+    h = draw(st.integers(1, 40))
+    c = draw(st.integers(1, 8))
+    chain = " -> ".join(draw(st.lists(layer_call(), min_size=1, max_size=6)))
+    extra = draw(
+        st.sampled_from(
+            ["", "    y = x + x\n", "    y = concat(x, x)\n", "    y = x * (x -> global_avgpool)\n"]
+        )
+    )
+    ret = "y" if extra else "x"
+    return (
+        f"network g() {{\n    input x: [{h}, {h}, {c}]\n    x = x -> {chain}\n"
+        f"{extra}    return {ret}\n}}\n"
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(network_spec())
+def test_generated_networks_compile_or_diagnose(text: str) -> None:
+    compiles_or_diagnoses(text)
+
+
+REGRESSIONS = sorted((Path(__file__).resolve().parent / "fuzz_regressions").glob("*.cnn"))
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=lambda p: p.name)
+def test_fuzz_regressions(path: Path) -> None:
+    compiles_or_diagnoses(path.read_bytes().decode("utf-8", "replace"))
