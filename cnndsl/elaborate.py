@@ -15,18 +15,34 @@ built so far (`partial`), so a summary can show where it went wrong.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cnndsl import syntax as ast
+from cnndsl.imports import FileScope, Loader
 from cnndsl.ir import Graph, Layer, Scope
 from cnndsl.ops import OPS
 from cnndsl.ops.registry import AttrError, ShapeError, show
-from cnndsl.parse import parse, resource_path
 from cnndsl.source import CnnError, Span, error, near_names
+from cnndsl.values import (
+    ARITH,
+    BUDGET_NAMES,
+    BUILTINS,
+    COMPARE,
+    MAX_LAYERS,
+    TENSOR_ATTRS,
+    TRAIN_SETTINGS,
+    Config,
+    LayerRef,
+    Symbol,
+    Tensor,
+    is_int,
+    is_num,
+    kind_of,
+    plain,
+    valid_label,
+)
 
 KEYWORDS = frozenset(
     [
@@ -50,181 +66,8 @@ KEYWORDS = frozenset(
         "false",
     ]
 )
-MAX_LAYERS = 100_000  # a runaway loop stops here with a clear error
 MAX_DEPTH = 64  # nested block calls
 MAX_ELEMENTS = 2**34  # per tensor or per layer's weights: 64 GiB of float32
-
-
-# ---- Compile-time values ----
-
-
-class Symbol(str):
-    """A bare name that is bound to nothing: an option such as `same` or `relu`."""
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A value flowing through the network: the layer that made it, and its shape."""
-
-    path: str
-    shape: tuple[int, ...]
-    span: Span | None
-    origin: str  # e.g. "conv with stride=2"
-
-
-@dataclass(frozen=True)
-class LayerRef:
-    """An op or block configured with arguments, not yet applied (`conv(64, 3)`)."""
-
-    kind: str  # "op" | "block"
-    name: str
-    kwargs: tuple[tuple[str, Any], ...]
-    span: Span
-    repeat: int = 1
-    label: str | None = None  # name= given by the user
-    trainable: bool = True
-    arg_spans: tuple[tuple[str, Span], ...] = ()  # where each explicit argument was written
-
-
-@dataclass(frozen=True)
-class Config:
-    """A call to a name that is neither op nor block, inside `train {}`: `sgd(lr=0.1)`."""
-
-    name: str
-    kwargs: tuple[tuple[str, Any], ...]
-
-
-def kind_of(value: Any) -> str:
-    """How a value's type is named in messages."""
-    if isinstance(value, Tensor):
-        return f"tensor {list(value.shape)}"
-    if isinstance(value, LayerRef):
-        return f"layer {value.name}"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, Symbol):
-        return f"name {value}"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, tuple):
-        return "tuple"
-    return type(value).__name__
-
-
-# ---- Files and their scopes ----
-
-
-@dataclass
-class FileScope:
-    """A loaded file: its definitions (own and imported), file-level defaults, text."""
-
-    module: ast.Module
-    text: str
-    names: dict[str, tuple[ast.Definition, FileScope]] = field(default_factory=dict)
-
-
-class Loader:
-    """Reads and parses files once each, resolving imports; detects import cycles."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, FileScope] = {}
-        self.sources: dict[str, str] = {}
-        self._loading: list[str] = []
-
-    def load_text(self, text: str, file: str) -> FileScope:
-        """Parse spec text and everything it imports."""
-        self.sources[file] = text
-        module = parse(text, file)
-        scope = FileScope(module, text)
-        self.files[file] = scope
-        self._loading.append(file)
-        try:
-            self._bind_names(scope, file)
-        finally:
-            self._loading.pop()
-        return scope
-
-    def load_file(self, path: Path, span: Span | None = None) -> FileScope:
-        """Read a .cnn file (cached by resolved path)."""
-        key = str(path)
-        if key in self._loading:
-            chain = " -> ".join(
-                Path(p).name for p in [*self._loading[self._loading.index(key) :], key]
-            )
-            raise error("E061", f"import cycle: {chain}", span)
-        if key in self.files:
-            return self.files[key]
-        if path.suffix != ".cnn":
-            raise error("E062", f"can only import .cnn files, not '{path.name}'", span)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise error("E060", f"cannot import '{path}': no such file", span) from None
-        except OSError as exc:
-            raise error("E060", f"cannot read '{path}': {exc.strerror}", span) from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise error("E063", f"'{path}' is not UTF-8 text (byte {exc.start})", span) from None
-        return self.load_text(text, key)
-
-    def _bind_names(self, scope: FileScope, file: str) -> None:
-        for imp in scope.module.imports:
-            target = self._resolve_import(imp, file)
-            imported = self.load_file(target, imp.span)
-            for name, (definition, owner) in imported.names.items():
-                if owner is not imported:
-                    continue  # imports are not re-exported
-                self._declare(scope, name, definition, owner, imp.span)
-        for definition in scope.module.definitions:
-            self._declare(scope, definition.name, definition, scope, definition.span)
-
-    def _declare(
-        self, scope: FileScope, name: str, definition: ast.Definition, owner: FileScope, span: Span
-    ) -> None:
-        if name in OPS:
-            raise error(
-                "E051",
-                f"'{name}' is an op: a {definition.kind} cannot take its name",
-                definition.span,
-            )
-        if name in scope.names:
-            first, _ = scope.names[name]
-            raise error(
-                "E050",
-                f"'{name}' is defined twice",
-                span,
-                f"note: {first.kind} '{name}' defined at {first.span}",
-                f"note: {definition.kind} '{name}' defined at {definition.span}",
-            )
-        scope.names[name] = (definition, owner)
-
-    def _resolve_import(self, imp: ast.Import, file: str) -> Path:
-        if imp.is_path:
-            base = Path(file).parent if not file.startswith("<") else Path.cwd()
-            return (base / imp.target).resolve()
-        parts = imp.target.split(".")
-        if parts[0] != "zoo" or len(parts) != 2:
-            raise error(
-                "E064",
-                f"unknown module '{imp.target}': write `import zoo.NAME` for a"
-                ' shipped spec or `import "file.cnn"` for a file',
-                imp.span,
-            )
-        path = resource_path("specs") / f"{parts[1]}.cnn"
-        if not path.is_file():
-            shipped = sorted(p.stem for p in resource_path("specs").glob("*.cnn"))
-            raise error(
-                "E060",
-                f"no shipped spec 'zoo.{parts[1]}'" + near_names(parts[1], shipped),
-                imp.span,
-                "note: shipped: " + ", ".join(shipped),
-            )
-        return path
 
 
 # ---- The elaborator ----
@@ -520,19 +363,19 @@ class Elaborator:
         if isinstance(a, Tensor) and isinstance(b, Tensor) and expr.op in ("+", "*"):
             op = "add" if expr.op == "+" else "multiply"
             return self._emit_checked(op, {}, [a, b], None, frame, expr.span)
-        if expr.op == "*" and isinstance(a, LayerRef) and _is_int(b):
+        if expr.op == "*" and isinstance(a, LayerRef) and is_int(b):
             return self._repeat(a, b, expr)
-        if expr.op == "*" and isinstance(b, LayerRef) and _is_int(a):
+        if expr.op == "*" and isinstance(b, LayerRef) and is_int(a):
             return self._repeat(b, a, expr)
-        if expr.op == "*" and isinstance(a, list) and _is_int(b):
+        if expr.op == "*" and isinstance(a, list) and is_int(b):
             return self._list_times(a, b, expr)
-        if expr.op == "*" and isinstance(b, list) and _is_int(a):
+        if expr.op == "*" and isinstance(b, list) and is_int(a):
             return self._list_times(b, a, expr)
         if expr.op == "+" and isinstance(a, list) and isinstance(b, list):
             return a + b
         if expr.op == "+" and isinstance(a, str) and isinstance(b, str):
             return a + b
-        if _is_num(a) and _is_num(b):
+        if is_num(a) and is_num(b):
             return self._arith(expr.op, a, b, expr)
         raise error("E032", f"cannot apply `{expr.op}` to {kind_of(a)} and {kind_of(b)}", expr.span)
 
@@ -570,8 +413,8 @@ class Elaborator:
             raise error("E034", "division by zero", expr.span)
         if (
             op == "*"
-            and _is_int(a)
-            and _is_int(b)
+            and is_int(a)
+            and is_int(b)
             and abs(a) > 1
             and abs(b) > 1
             and (math.log2(abs(a)) + math.log2(abs(b)) > 62)
@@ -605,7 +448,7 @@ class Elaborator:
             b = list(b)
         if expr.op in ("==", "!="):
             return (a == b) == (expr.op == "==")
-        if not (_is_num(a) and _is_num(b)):
+        if not (is_num(a) and is_num(b)):
             raise error(
                 "E032", f"cannot compare {kind_of(a)} and {kind_of(b)} with `{expr.op}`", expr.span
             )
@@ -624,7 +467,7 @@ class Elaborator:
 
     def _neg(self, frame: Frame, expr: ast.Neg) -> Any:
         value = self.eval(frame, expr.value)
-        if not _is_num(value):
+        if not is_num(value):
             raise error("E032", f"cannot negate {kind_of(value)}", expr.span)
         return -value
 
@@ -666,7 +509,7 @@ class Elaborator:
         idx = self.eval(frame, expr.index)
         if not isinstance(value, (list, tuple)):
             raise error("E038", f"cannot index {kind_of(value)}", expr.value.span)
-        if not _is_int(idx):
+        if not is_int(idx):
             raise error(
                 "E038", f"an index must be a whole number, not {kind_of(idx)}", expr.index.span
             )
@@ -789,7 +632,7 @@ class Elaborator:
             explicit[key] = value
         label = explicit.pop("name", None)
         trainable = explicit.pop("trainable", True)
-        if label is not None and not (isinstance(label, str) and _valid_label(label)):
+        if label is not None and not (isinstance(label, str) and valid_label(label)):
             raise error(
                 "E019",
                 f"name= must be a string of letters, digits, '_' or '-', not {show(label)}",
@@ -949,7 +792,7 @@ class Elaborator:
                 span,
             )
         try:
-            attrs = spec.bind(**{k: _plain(v) for k, v in kwargs.items()})
+            attrs = spec.bind(**{k: plain(v) for k, v in kwargs.items()})
         except AttrError as exc:
             value = kwargs.get(exc.attr) if exc.attr else None
             where = dict(ref.arg_spans).get(exc.attr or "", span) if ref else span
@@ -1066,140 +909,6 @@ class Elaborator:
     def _undefined(self, frame: Frame, name: str, span: Span) -> CnnError:
         candidates = [*frame.bindings, *OPS, *frame.file.names]
         return error("E013", f"undefined name '{name}'" + near_names(name, candidates), span)
-
-
-# ---- Tables ----
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _valid_label(label: str) -> bool:
-    return bool(label) and all(c.isalnum() or c in "_-." for c in label)
-
-
-def _plain(value: Any) -> Any:
-    """A spec value as an op argument: layer refs of bare activations become their names."""
-    if isinstance(value, LayerRef) and value.kind == "op" and not value.kwargs:
-        return value.name
-    if isinstance(value, Symbol):
-        return str(value)
-    if isinstance(value, list):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-ARITH: dict[str, Callable[[Any, Any], Any]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": operator.truediv,
-    "//": operator.floordiv,
-    "%": operator.mod,
-}
-COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-TENSOR_ATTRS = ("height", "width", "channels", "shape")
-
-
-def _range(*args: Any) -> list[int]:
-    if not all(_is_int(a) for a in args) or not 1 <= len(args) <= 3:
-        raise TypeError("takes 1 to 3 whole numbers")
-    out = range(*args)
-    if len(out) > MAX_LAYERS:
-        raise ValueError(f"a range of {len(out)} items exceeds the limit of {MAX_LAYERS}")
-    return list(out)
-
-
-def _len(value: Any) -> int:
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"needs a list, not {kind_of(value)}")
-    return len(value)
-
-
-def _minmax(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
-        items = args[0] if len(args) == 1 and isinstance(args[0], list) else args
-        if not items or not all(_is_num(a) for a in items):
-            raise TypeError("needs numbers")
-        return fn(items)
-
-    return call
-
-
-def _int(value: Any) -> int:
-    if not _is_num(value):
-        raise TypeError(f"needs a number, not {kind_of(value)}")
-    return int(value)
-
-
-BUILTINS: dict[str, Callable[..., Any]] = {
-    "range": _range,
-    "len": _len,
-    "min": _minmax(min),
-    "max": _minmax(max),
-    "int": _int,
-    "round": lambda v: int(round(v)) if _is_num(v) else _int(v),
-}
-
-
-def _as_name(value: Any, span: Span, what: str) -> str:
-    if isinstance(value, LayerRef) and not value.kwargs:
-        return value.name
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, Config) and not value.kwargs:
-        return value.name
-    raise error("E073", f"{what} must be a name, not {kind_of(value)}", span)
-
-
-def _optimizer(value: Any, span: Span) -> dict[str, Any]:
-    if isinstance(value, Config):
-        return {"name": value.name, **{k: _plain(v) for k, v in value.kwargs}}
-    return {"name": _as_name(value, span, "optimizer")}
-
-
-def _metrics(value: Any, span: Span) -> list[str]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return [_as_name(v, span, "a metric") for v in items]
-
-
-def _number(kind: type) -> Callable[[Any, Span], Any]:
-    def convert(value: Any, span: Span) -> Any:
-        if not _is_num(value) or (kind is int and not _is_int(value)) or value < 0:
-            raise error(
-                "E073",
-                f"expected a {'whole ' if kind is int else ''}number >= 0, not {show(value)}",
-                span,
-            )
-        return kind(value)
-
-    return convert
-
-
-TRAIN_SETTINGS: dict[str, Callable[[Any, Span], Any]] = {
-    "loss": lambda v, s: _as_name(v, s, "loss"),
-    "optimizer": _optimizer,
-    "metrics": _metrics,
-    "batch": _number(int),
-    "epochs": _number(int),
-    "lr": _number(float),
-    "validation_split": _number(float),
-    "seed": _number(int),
-    "data": lambda v, s: _as_name(v, s, "data"),
-}
-BUDGET_NAMES = ("params", "trainable_params", "non_trainable_params", "macs", "layers")
 
 
 def with_partial(exc: CnnError, graph: Graph, sources: dict[str, str]) -> CnnError:

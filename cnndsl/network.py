@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnndsl.elaborate import Elaborator, FileScope, Loader, with_partial
+from cnndsl.elaborate import Elaborator, with_partial
+from cnndsl.imports import FileScope, Loader
 from cnndsl.ir import Graph, Layer
 from cnndsl.parse import resource_path
 from cnndsl.passes import PIPELINE, estimate_memory, totals, unread_pixel_warnings
