@@ -82,14 +82,17 @@ def kind_of(value: Any) -> str:
 
 
 def is_num(v: Any) -> bool:
+    """A number of the language (bool excluded)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def is_int(v: Any) -> bool:
+    """A whole number of the language (bool excluded)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def valid_label(label: str) -> bool:
+    """Whether a name= label can be a path component."""
     return bool(label) and all(c.isalnum() or c in "_-." for c in label)
 
 

@@ -30,7 +30,10 @@ def infer_shapes(g: Graph) -> Graph:
 
 
 def unread_pixel_warnings(g: Graph) -> list[Diagnostic]:
-    """Warnings where (N - F + 2P) is not a multiple of S: the last rows are never read."""
+    """Warnings where (N - F + 2P) is not a multiple of S: the last rows are never read.
+
+    Only for windows at least as wide as their stride; narrower ones skip rows anyway.
+    """
     out = []
     for layer in g:
         a = layer.attrs
@@ -47,7 +50,9 @@ def unread_pixel_warnings(g: Graph) -> list[Diagnostic]:
         for axis, name in ((0, "rows"), (1, "columns")):
             f = dilation[axis] * (kernel[axis] - 1) + 1
             span = x[axis] - f + 2 * pad[axis]
-            if span >= 0 and span % stride[axis]:
+            # A window narrower than its stride skips rows by design (a strided 1×1
+            # projection); only warn where windows tile the input and drop its end.
+            if span >= 0 and span % stride[axis] and f >= stride[axis]:
                 left = span % stride[axis]
                 out.append(
                     Diagnostic(
