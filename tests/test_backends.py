@@ -1,0 +1,142 @@
+"""Backends: lookup by name, the CuPy code path with NumPy standing in, real CuPy if present."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from typing import Any
+
+import numpy as np
+import pytest
+
+import cnndsl
+from cnndsl.backends import BackendError, available, get_backend
+from cnndsl.backends.cupy_backend import CupyBackend
+from cnndsl.backends.numpy_backend import NumpyBackend
+from cnndsl.model import Model
+
+SPEC = """
+defaults conv(kernel=3, padding=same, activation=relu)
+network n(classes=3) {
+    input image: [6, 6, 2]
+    return image -> conv(4) -> batchnorm -> maxpool(2) -> separable_conv(6, 3, padding=same)
+        -> global_avgpool -> dropout(0.2) -> dense(classes, activation=softmax)
+}
+"""
+
+
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((8, 6, 6, 2), dtype=np.float32), rng.integers(0, 3, 8)
+
+
+def test_backends_found_by_module_name() -> None:
+    assert {"numpy", "cupy"} <= set(available())
+    assert isinstance(get_backend("numpy"), NumpyBackend)
+    with pytest.raises(BackendError, match="unknown backend 'tpu'; available backends: cupy,"):
+        get_backend("tpu")
+    backend = NumpyBackend()
+    assert get_backend(backend) is backend
+
+
+def test_import_cnndsl_does_not_import_cupy() -> None:
+    code = "import sys, cnndsl, cnndsl.model; sys.exit('cupy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_cupy_backend_code_path_with_numpy_standing_in() -> None:
+    """Everything the cupy backend does, run with xp=numpy: same results as numpy."""
+    x, y = data()
+    net = cnndsl.compile(SPEC)
+    reference = Model(net.graph, backend="numpy", seed=4)
+    standin = Model(net.graph, backend=CupyBackend(xp=np), seed=4)
+    assert standin.backend.name == "cupy"
+    for _ in range(2):
+        ref_loss, _ = reference.train_step(x, y)
+        loss, _ = standin.train_step(x, y)
+        assert loss == ref_loss
+    for a, b in zip(reference.get_weights(), standin.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(standin.predict(x), np.ndarray)
+    standin.backend.synchronize()
+    history = standin.fit(x, y, epochs=1, batch_size=4, validation_split=0.25)
+    assert set(history.history) >= {"loss", "val_loss"}
+
+
+def test_cupy_backend_transfers() -> None:
+    backend = CupyBackend(xp=np, seed=1)
+    a = backend.to_device([[1, 2], [3, 4]], dtype=np.float32)
+    assert a.dtype == np.float32 and a.flags.c_contiguous
+    host = backend.to_host(a[:, ::-1])
+    assert isinstance(host, np.ndarray) and host.tolist() == [[2, 1], [4, 3]]
+    first = backend.rng.random(3)
+    backend.seed(1)
+    np.testing.assert_array_equal(backend.rng.random(3), first)
+
+
+class FakeCupy(types.ModuleType):
+    """numpy under cupy's extra names, counting the calls only cupy has."""
+
+    def __init__(self) -> None:
+        super().__init__("fakecupy")
+        self.calls: list[str] = []
+        fake = self
+
+        class Stream:
+            def synchronize(self) -> None:
+                fake.calls.append("synchronize")
+
+        self.cuda = types.SimpleNamespace(get_current_stream=Stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    def asnumpy(self, a: Any) -> np.ndarray:
+        self.calls.append("asnumpy")
+        return np.asarray(a)
+
+
+def test_cupy_backend_uses_cupy_transfers_and_streams() -> None:
+    fake = FakeCupy()
+    x, y = data()
+    model = Model(cnndsl.compile(SPEC).graph, backend=CupyBackend(xp=fake), seed=0)
+    model.train_step(x, y)
+    model.backend.synchronize()
+    assert model.predict(x).shape == (8, 3)
+    assert "asnumpy" in fake.calls and "synchronize" in fake.calls
+
+
+def test_cupy_backend_without_cupy_says_how_to_install(monkeypatch: Any) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` fail
+    with pytest.raises(BackendError, match=r"pip install 'cnndsl\[gpu\]'"):
+        get_backend("cupy")
+
+
+def test_numpy_backend_thread_scope() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    backend = NumpyBackend(threads=None)
+    np.ones((4, 4)) @ np.ones((4, 4))  # make sure BLAS is loaded
+    with backend.compute_scope(work=1000):
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert all(i["num_threads"] == 1 for i in blas)
+
+
+# ---- real CuPy on a GPU: skipped cleanly without one ----
+
+
+def test_cupy_matches_numpy_on_gpu(cupy: Any) -> None:
+    x, y = data()
+    net = cnndsl.compile(SPEC)
+    cpu = Model(net.graph, backend="numpy", seed=2)
+    gpu = Model(net.graph, backend="cupy", seed=2)
+    assert isinstance(gpu.params["conv_1:kernel"], cupy.ndarray)
+    for a, b in zip(cpu.get_weights(), gpu.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # initialised on the host: identical
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-4, atol=1e-6)
+    loss_cpu, grads_cpu = cpu.gradients(x, y, training=False)
+    loss_gpu, grads_gpu = gpu.gradients(x, y, training=False)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=1e-4)
+    for key, g in grads_cpu.items():
+        np.testing.assert_allclose(grads_gpu[key], g, rtol=1e-3, atol=1e-5)
+    gpu.fit(x, y, epochs=1, batch_size=4)
