@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"cnndsl.cli.{module}":
                 raise
             continue
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or "").strip())
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(mod.__doc__ or "").strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(handler=mod.run)
     return parser

@@ -1,4 +1,15 @@
-"""`cnndsl compile SPEC`: the summary of a network (table or JSON), or its diagnostics."""
+"""cnndsl compile: check a spec and show its layers, shapes, parameters, MACs and memory.
+
+    cnndsl compile specs/fashion_mnist.cnn            # the summary table
+    cnndsl compile zoo.resnet50 --depth 1              # one row per top-level block
+    cnndsl compile zoo.resnet34 --set size=64 classes=5 --batch 32
+    cnndsl compile spec.cnn --format json              # schema: docs/json.md
+    cnndsl compile blocks.cnn --block inception --input-shape 28,28,192 --set c1=64 ...
+
+Errors are printed as file:line:col: error[CODE]: message, with the source
+line and a caret (codes in docs/diagnostics.md); the summary up to the failing
+layer is printed first. Exit codes: 0 compiled, 1 diagnostics, 2 usage errors.
+"""
 
 from __future__ import annotations
 
