@@ -359,10 +359,25 @@ def test_partial_graph_is_kept_up_to_the_failure() -> None:
 def test_warning_for_unread_pixels() -> None:
     text = "network n() {\n    input x: [28, 28, 1]\n    return x -> conv(4, 3, stride=2)\n}"
     warnings = cnndsl.compile(text).warnings
-    assert [w.code for w in warnings] == ["W001", "W001"]
-    assert "never reads the last 1 rows" in warnings[0].message
-    assert "(28 - 3 + 2·0) is not a multiple of the stride 2" in warnings[0].message
+    assert [w.code for w in warnings] == ["W001"]
+    assert "never reads the last 1 rows and 1 columns" in warnings[0].message
+    assert "working: (28 - 3 + 2·0) % 2 = 1; (28 - 3 + 2·0) % 2 = 1" in warnings[0].notes
     assert cnndsl.compile(text.replace("stride=2", "stride=5")).warnings == []
+
+
+def test_no_warning_when_only_padding_is_unread() -> None:
+    text = (
+        "network n() {\n    input x: [224, 224, 3]\n"
+        "    return x -> zeropad(3) -> conv(4, 7, stride=2)\n}"
+    )
+    assert cnndsl.compile(text).warnings == []  # the unread row is zero padding
+    one_sided = text.replace("zeropad(3)", "zeropad(((2, 0), (2, 0)))")
+    assert [w.code for w in cnndsl.compile(one_sided).warnings] == ["W001"]
+
+
+def test_no_warning_for_windows_narrower_than_the_stride() -> None:
+    text = "network n() {\n    input x: [28, 28, 8]\n    return x -> conv(4, 1, stride=2)\n}"
+    assert cnndsl.compile(text).warnings == []
 
 
 def test_non_utf8_file(tmp_path) -> None:

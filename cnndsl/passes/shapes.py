@@ -32,7 +32,9 @@ def infer_shapes(g: Graph) -> Graph:
 def unread_pixel_warnings(g: Graph) -> list[Diagnostic]:
     """Warnings where (N - F + 2P) is not a multiple of S: the last rows are never read.
 
-    Only for windows at least as wide as their stride; narrower ones skip rows anyway.
+    Only for windows at least as wide as their stride (narrower ones skip rows
+    by design, as a strided 1×1 projection does), and not where the rows left
+    unread are all zero padding added by a `zeropad` just before.
     """
     out = []
     for layer in g:
@@ -42,27 +44,40 @@ def unread_pixel_warnings(g: Graph) -> list[Diagnostic]:
         padding = a.get("padding", "valid")
         if kernel is None or stride is None or padding == "same" or not layer.inputs:
             continue
-        x = g[layer.inputs[0]].shape
+        source = g[layer.inputs[0]]
+        x = source.shape
         if x is None or len(x) != 3:
             continue
         dilation = a.get("dilation", (1, 1))
         pad = (0, 0) if padding == "valid" else padding
+        # Zero rows/columns a zeropad put at the bottom/right of this layer's input.
+        trailing = (
+            (source.attrs["padding"][0][1], source.attrs["padding"][1][1])
+            if (source.op == "zeropad")
+            else (0, 0)
+        )
+        unread = []
+        working = []
         for axis, name in ((0, "rows"), (1, "columns")):
             f = dilation[axis] * (kernel[axis] - 1) + 1
             span = x[axis] - f + 2 * pad[axis]
-            # A window narrower than its stride skips rows by design (a strided 1×1
-            # projection); only warn where windows tile the input and drop its end.
-            if span >= 0 and span % stride[axis] and f >= stride[axis]:
-                left = span % stride[axis]
-                out.append(
-                    Diagnostic(
-                        "warning",
-                        "W001",
-                        f"{layer.op} never reads the last {left} {name} of its input:"
-                        f" ({x[axis]} - {f} + 2·{pad[axis]}) is not a multiple of the stride"
-                        f" {stride[axis]}",
-                        layer.span,
-                        (f"note: layer '{layer.path}'; padding=same would keep them",),
-                    )
+            left = span % stride[axis] if span >= 0 else 0
+            if left and f >= stride[axis] and left > trailing[axis]:
+                unread.append(f"{left} {name}")
+                working.append(f"({x[axis]} - {f} + 2·{pad[axis]}) % {stride[axis]} = {left}")
+        if unread:
+            out.append(
+                Diagnostic(
+                    "warning",
+                    "W001",
+                    f"{layer.op} never reads the last {' and '.join(unread)} of its input:"
+                    f" the windows of stride {stride[0] if stride[0] == stride[1] else stride}"
+                    " do not reach the end",
+                    layer.span,
+                    (
+                        f"working: {'; '.join(working)}",
+                        f"note: layer '{layer.path}'; padding=same would read them",
+                    ),
                 )
+            )
     return out
