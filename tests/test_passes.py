@@ -91,3 +91,29 @@ def test_zoo_name_in_the_api() -> None:
     with pytest.raises(cnndsl.CnnError) as info:
         cnndsl.compile("zoo.resnet343")
     assert "did you mean 'resnet34'" in info.value.diagnostics[0].message
+
+
+def test_summary_depth_collapses_nested_blocks() -> None:
+    from cnndsl.summary import rows
+
+    net = cnndsl.compile(
+        "block leaf() { return input -> conv(2, 1) -> relu }\n"
+        "block mid() { return input -> leaf -> leaf }\n"
+        'network n() {\n input x: [4, 4, 2]\n return x -> mid(name="m") -> relu\n}'
+    )
+    full = [(r.path, r.is_block) for r in rows(net.graph)]
+    assert full == [
+        ("x", False),
+        ("m", True),
+        ("m/leaf_1", True),
+        ("m/leaf_1/conv_1", False),
+        ("m/leaf_1/relu_1", False),
+        ("m/leaf_2", True),
+        ("m/leaf_2/conv_1", False),
+        ("m/leaf_2/relu_1", False),
+        ("relu_1", False),
+    ]
+    depth1 = [(r.path, r.collapsed, r.params) for r in rows(net.graph, depth=1)]
+    assert depth1 == [("x", False, 0), ("m", True, 2 * (2 * 2 + 2)), ("relu_1", False, 0)]
+    depth2 = [r.path for r in rows(net.graph, depth=2)]
+    assert depth2 == ["x", "m", "m/leaf_1", "m/leaf_2", "relu_1"]
