@@ -104,8 +104,17 @@ class Loader:
 
     def _resolve_import(self, imp: ast.Import, file: str) -> Path:
         if imp.is_path:
+            if any(ord(c) < 32 for c in imp.target):
+                raise error(
+                    "E060",
+                    f"cannot import {imp.target!r}: control characters in the path",
+                    imp.span,
+                )
             base = Path(file).parent if not file.startswith("<") else Path.cwd()
-            return (base / imp.target).resolve()
+            try:
+                return (base / imp.target).resolve()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise error("E060", f"cannot import '{imp.target}': {exc}", imp.span) from None
         parts = imp.target.split(".")
         if parts[0] != "zoo" or len(parts) != 2:
             raise error(

@@ -133,6 +133,8 @@ def read_source(source: str | os.PathLike[str]) -> tuple[str, str]:
             raise error("E060", f"no such file: '{path}'") from None
         except OSError as exc:
             raise error("E060", f"cannot read '{path}': {exc.strerror}") from None
+        except ValueError as exc:  # an embedded NUL byte
+            raise error("E060", f"cannot read {str(path)!r}: {exc}") from None
         if path.is_dir():
             raise error("E060", f"'{path}' is a folder, not a .cnn file")
         if size > MAX_SPEC_BYTES:
