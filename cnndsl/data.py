@@ -160,6 +160,11 @@ def check(ds: Dataset, input_shape: Sequence[int] | None, classes: int | None) -
         ds.x_train = _fit_shape(ds.x_train, want, ds.name)
         ds.x_test = _fit_shape(ds.x_test, want, ds.name)
     for which, y in (("training", ds.y_train), ("test", ds.y_test)):
+        if len(y) == 0:
+            raise DataError(
+                f"{ds.name}: the {which} set is empty; give it samples (or use x and y and let"
+                " --test-split make the test set)"
+            )
         if y.ndim != 1:
             raise DataError(
                 f"{ds.name}: {which} labels have shape {list(y.shape)}; expected one class"
@@ -199,30 +204,48 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    if y.ndim != 1:
+        hint = " (one-hot? save y.argmax(axis=1))" if y.ndim == 2 else ""
+        raise DataError(
+            f"{where}: labels have shape {list(y.shape)}; expected one class number per"
+            f" sample, shape [N]{hint}"
+        )
     if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+        bad = ~np.isfinite(y) | (y != np.round(np.nan_to_num(y)))
+        if bad.any():
             raise DataError(
-                f"{where}: labels must be whole class numbers, found {y.dtype} values that are not"
+                f"{where}: labels must be whole class numbers, found {y.dtype} values that are"
+                f" not (e.g. {y[bad][0]} for sample {int(np.argmax(bad))}); save class indices"
+                " 0..K-1"
             )
     elif y.dtype.kind not in "iub":
-        raise DataError(f"{where}: labels must be class numbers, found dtype {y.dtype}")
+        raise DataError(
+            f"{where}: labels must be class numbers, found dtype {y.dtype}; map each class to"
+            " an index 0..K-1"
+        )
     return y.astype(np.int64)
 
 
 def _images(x: np.ndarray, where: str) -> Any:
     x = np.asarray(x)
     if x.dtype.kind not in "uif":
-        raise DataError(f"{where}: images must be numbers, found dtype {x.dtype}")
+        raise DataError(
+            f"{where}: images must be numbers, found dtype {x.dtype}; save them as uint8 or float32"
+        )
     if x.ndim not in (3, 4):
         raise DataError(
             f"{where}: expected images of shape [N, height, width] or [N, height, width,"
-            f" channels], found {list(x.shape)}"
+            f" channels], found {list(x.shape)}; reshape them, e.g. x.reshape(-1, 28, 28)"
         )
     if x.dtype == np.uint8:
         return Images(np.ascontiguousarray(x))
     x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{where}: images contain NaN or infinite values")
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+    if not finite.all():
+        raise DataError(
+            f"{where}: images contain NaN or infinite values (in {int((~finite).sum())} of"
+            f" {len(x)} samples, the first is sample {int(np.argmin(finite))}); fix or drop them"
+        )
     return x
 
 
@@ -430,13 +453,19 @@ def load_npz(path: str | os.PathLike[str], test_split: float = 0.2) -> Dataset:
                 " y=y.astype('int64'))"
             ) from None
         raise DataError(f"{path}: cannot read it as .npz ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e}); write it with np.savez") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise DataError(
+            f"{path}: not a readable .npz file: truncated or corrupt ({e}); write it again"
+            " with np.savez"
+        ) from None
     where = str(path)
     if "x" in arrays:
         x, y = _images(arrays["x"], where), _labels(arrays["y"], where)
         if len(x) != len(y):
-            raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)} labels")
+            raise DataError(
+                f"{path}: x has {len(x)} samples but y has {len(y)} labels; give one label per"
+                " sample"
+            )
         x_train, y_train, x_test, y_test = _split(x, y, test_split, where)
     else:
         x_train, y_train = _images(arrays["x_train"], where), _labels(arrays["y_train"], where)
@@ -511,15 +540,40 @@ def read_image(
     height, width, channels = (int(d) for d in shape)
     try:
         with Image.open(path) as opened:
-            img = opened.convert("L" if channels == 1 else "RGB")
+            img = _eight_bit(opened, path)
+            img = img.convert("L" if channels == 1 else "RGB")
             img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DataError(
+            f"{path}: refused as a possible decompression bomb ({e}); shrink the image"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(
             f"{path}: cannot read this image ({e}); remove or replace the file"
         ) from None
     arr = arr.reshape(height, width, channels)
     return arr if as_uint8 else arr.astype(np.float32) / 255
+
+
+def _eight_bit(img: Any, path: Any) -> Any:
+    """16-bit grayscale scaled to 8 bits (convert('L') would clip it to white); float refused."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DataError(
+                f"{path}: 32-bit integer image with values outside 0..65535; save it as an"
+                " 8- or 16-bit image"
+            )
+        return Image.fromarray((arr >> 8).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        raise DataError(
+            f"{path}: floating-point image (mode F) has no fixed range of values; save it"
+            " as an 8- or 16-bit image"
+        )
+    return img
 
 
 def load_images(paths: Sequence[str], shape: Sequence[int]) -> np.ndarray:

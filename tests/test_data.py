@@ -289,3 +289,55 @@ def test_unknown_source(tmp_path: Path) -> None:
     odd.write_text("1,2,3")
     with pytest.raises(DataError, match="data.csv: cannot tell what kind of data this is"):
         load_data(str(odd), (8, 8, 1), 10)
+
+
+# ---- damage the loaders refuse (docs/reliability.md) ----
+
+
+def test_npz_truncated_or_corrupted(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((4, 3, 3, 1), np.float32), y=np.arange(4))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="d.npz: not a readable .npz file"):
+        load_data(str(path), (3, 3, 1), 4)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 3] ^= 0xFF  # inside x's data: the zip CRC catches it
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(
+        DataError, match="d.npz: not a readable .npz file: truncated or corrupt .*CRC"
+    ):
+        load_data(str(path), (3, 3, 1), 4)
+
+
+def test_npz_one_hot_labels_and_empty_sets(tmp_path: Path) -> None:
+    path = tmp_path / "h.npz"
+    np.savez(path, x=np.zeros((4, 3, 3, 1)), y=np.eye(2)[[0, 1, 1, 0]])
+    with pytest.raises(DataError, match=r"labels have shape \[4, 2\].*one-hot"):
+        load_data(str(path), (3, 3, 1), 2)
+    x = np.zeros((4, 3, 3, 1))
+    np.savez(path, x_train=x[:0], y_train=np.arange(0), x_test=x, y_test=np.arange(4) % 2)
+    with pytest.raises(DataError, match="the training set is empty"):
+        load_data(str(path), (3, 3, 1), 2)
+
+
+def test_image_modes_and_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((6, 6), 40000, np.uint16)).save(deep)
+    # 16-bit gray is scaled to 8 bits, not clipped to white: 40000 >> 8 = 156.
+    np.testing.assert_allclose(load_images([str(deep)], (4, 4, 1)), 156 / 255)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.full((6, 6, 4), 200, np.uint8)).save(rgba)
+    assert load_images([str(rgba)], (4, 4, 3)).shape == (1, 4, 4, 3)
+    floats = tmp_path / "f.tiff"
+    Image.fromarray(np.full((6, 6), 0.5, np.float32)).save(floats)
+    with pytest.raises(DataError, match="f.tiff: floating-point image"):
+        load_images([str(floats)], (4, 4, 1))
+    cut = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:200])
+    with pytest.raises(DataError, match="cut.png: cannot read this image"):
+        load_images([str(cut)], (4, 4, 1))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 36 pixels is over twice the limit
+    with pytest.raises(DataError, match="deep.png: refused as a possible decompression bomb"):
+        load_images([str(deep)], (4, 4, 1))

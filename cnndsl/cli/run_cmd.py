@@ -4,10 +4,14 @@
     cnndsl run specs/fashion_mnist.cnn --data fashion/train-images-idx3-ubyte.gz
     cnndsl run flowers.cnn --data flower_photos --freeze 'base/*' --save head.npz
     cnndsl run flowers.cnn --load head.npz --predict rose.jpg --top-k 3
+    cnndsl run specs/fashion_mnist.cnn --data fashion/ --checkpoint ckpt --checkpoint-every 500
+    cnndsl run specs/fashion_mnist.cnn --data fashion/ --checkpoint ckpt --resume
 
 The spec's train {} section supplies the defaults (loss, optimizer, metrics,
 batch, epochs); flags override it. Progress goes to stderr, results to stdout.
-Exit codes: 0 success, 1 spec diagnostics or bad data/weights, 2 usage errors.
+Exit codes: 0 success, 1 spec diagnostics, bad data/weights/checkpoints, a plan
+that does not fit in memory or a non-finite loss, 2 usage errors, 130 Ctrl-C
+(after saving a checkpoint with --checkpoint). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnndsl.backends import BackendError
+from cnndsl.checkpoint import CheckpointWarning, TrainingInterrupted
 from cnndsl.cli.common import add_spec_arguments, load_network
 from cnndsl.data import DataError, class_names, load_data, load_images
+from cnndsl.guards import parse_size
 from cnndsl.losses import LossError
 from cnndsl.model import Callback, ModelError
 from cnndsl.optimizers import OptimizerError, get_optimizer
@@ -92,23 +99,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="classes shown per image with --predict (default 3)",
     )
+    out.add_argument(
+        "--load-partial",
+        action="store_true",
+        help="with --load, load only the weights whose name and shape fit (transfer learning)",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    safe = parser.add_argument_group("checkpoints and limits")
+    safe.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="save the run to this folder at each epoch end (and every --checkpoint-every"
+        " steps), atomically, so --resume can continue it",
+    )
+    safe.add_argument(
+        "--checkpoint-every", type=_positive, metavar="N", help="also checkpoint every N steps"
+    )
+    safe.add_argument(
+        "--keep", type=_positive, default=3, metavar="K", help="checkpoints kept (default 3)"
+    )
+    safe.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest good checkpoint in --checkpoint DIR; the result equals"
+        " an uninterrupted run's",
+    )
+    safe.add_argument(
+        "--max-memory",
+        type=_size,
+        metavar="SIZE",
+        help="memory the run may plan for, e.g. 8G or 512M (default: what is free now)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
+    if (args.resume or args.checkpoint_every) and not args.checkpoint:
+        flag = "--resume" if args.resume else "--checkpoint-every"
+        print(f"error: {flag} needs --checkpoint DIR", file=sys.stderr)
+        return 2
     net = load_network(args)
-    try:
-        return _run(args, net)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CheckpointWarning)
+        warnings.showwarning = _show_warning(warnings.showwarning)
+        try:
+            return _run(args, net)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except TrainingInterrupted as e:
+            print(str(e), file=sys.stderr)
+            return 130
+
+
+def _show_warning(default: Any) -> Any:
+    """Checkpoint warnings as `warning: ...` lines; the others as Python shows them."""
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, CheckpointWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
 
 
 def _run(args: argparse.Namespace, net: Any) -> int:
     model = net.build(backend=args.backend, seed=args.seed)
+    model.max_memory = args.max_memory
     if args.load:
-        report = model.load(args.load)
+        report = model.load(args.load, strict=not args.load_partial)
         print(f"{args.load}: {report.describe()}", file=sys.stderr)
     for pattern in args.freeze:
         model.freeze(pattern)
@@ -148,6 +225,10 @@ def _run(args: argparse.Namespace, net: Any) -> int:
         validation_split=split or 0.0,
         callbacks=callbacks,
         augment=None if args.no_augment else data.augment,
+        checkpoint_dir=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep,
+        resume=args.resume,
     )
     result = model.evaluate(data.x_test, data.y_test, batch)
     print("test " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -212,6 +293,10 @@ class EpochLines(Callback):
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
         self.samples = 0
+
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if "resumed_from" in logs:
+            print(f"resuming from {logs['resumed_from']}", file=sys.stderr, flush=True)
 
     def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
         self.samples = int(logs["samples"])
