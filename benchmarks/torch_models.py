@@ -45,6 +45,13 @@ def bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
 
+def max_pool_same(x: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """Keras MaxPooling2D(padding='same'): −inf padding, the extra pixel after."""
+    top, bottom = tf_pads(x.shape[2], k, stride)
+    left, right = tf_pads(x.shape[3], k, stride)
+    return F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-float("inf")), k, stride)
+
+
 class FashionCNN(nn.Module):
     """The Fashion-MNIST CNN of Hands-On ML ch. 14 (specs/fashion_mnist.cnn), logits out."""
 
@@ -102,4 +109,69 @@ class ResNetCifar(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-MODELS = {"fashion_mnist": FashionCNN, "resnet18_cifar": ResNetCifar}
+class ResNet34(nn.Module):
+    """ResNet-34 of specs/resnet34.cnn: 7×7/2 stem, 3×3/2 max pool, [3, 4, 6, 3] units."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem, self.stem_bn = Conv(3, 64, 7, 2, bias=False), bn(64)
+        layers: list[Any] = []
+        cin = 64
+        for filters, n in zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True):
+            for _ in range(n):
+                layers.append(ResidualUnit(cin, filters, 1 if filters == cin else 2))
+                cin = filters
+        self.units = nn.Sequential(*layers)
+        self.head = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = max_pool_same(F.relu(self.stem_bn(self.stem(x))), 3, 2)
+        return self.head(self.units(x).mean(dim=(2, 3)))
+
+
+class SeparableBlock(nn.Module):
+    """MobileNet's depthwise separable block as Keras builds it (zoo.mobilenet)."""
+
+    def __init__(self, cin: int, filters: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.dw = nn.Conv2d(cin, cin, 3, stride, 1 if stride == 1 else 0, groups=cin, bias=False)
+        self.b1 = bn(cin)
+        self.pw, self.b2 = nn.Conv2d(cin, filters, 1, bias=False), bn(filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = F.pad(x, (0, 1, 0, 1))  # zeropad(((0, 1), (0, 1))), then a valid conv
+        x = F.relu6(self.b1(self.dw(x)))
+        return F.relu6(self.b2(self.pw(x)))
+
+
+class MobileNet(nn.Module):
+    """MobileNet v1 (alpha 1) of zoo.mobilenet, logits out; dropout before the 1×1 head."""
+
+    BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5,
+              (1024, 2), (1024, 1))  # fmt: skip
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem, self.stem_bn = Conv(3, 32, 3, 2, bias=False), bn(32)
+        blocks: list[Any] = []
+        cin = 32
+        for filters, stride in self.BLOCKS:
+            blocks.append(SeparableBlock(cin, filters, stride))
+            cin = filters
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(cin, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(F.relu6(self.stem_bn(self.stem(x))))
+        x = F.dropout(x.mean(dim=(2, 3), keepdim=True), 0.001, self.training)
+        return self.head(x).flatten(1)
+
+
+MODELS = {
+    "fashion_mnist": FashionCNN,
+    "resnet18_cifar": ResNetCifar,
+    "mobilenet96": MobileNet,
+    "resnet34_infer": ResNet34,
+}

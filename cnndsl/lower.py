@@ -10,6 +10,20 @@ The executor in `cnndsl.model` is one loop over `plan.steps` calling
 `OPS[step.op].forward`; backward walks `reversed(plan.steps)` and sums the
 gradients of a value read by several steps (fan-out). Nothing here touches
 arrays, so the plan is the same for every backend.
+
+Lowering also fixes kernel choices that depend only on shapes and on the
+graph around a step, so that no kernel decides them per call:
+
+- `Op.plan` variants, merged into the step's attrs (conv's input-gradient
+  method: "full" convolution or col2im, by the layer's shape);
+- fusion (`fuse`): a zeropad read only by a convolution joins that
+  convolution's own padding (`fuse_zeropad`); a relu/relu6 whose input is
+  read by nothing else moves into the producer (batchnorm's or a residual
+  add's kernel, or a conv/dense's `activation=`; `ACTIVATION_HOSTS`), and
+  the activation's own step becomes `identity` (attrs fused_into=producer),
+  keeping indices and liveness; any other relu/relu6 that is its input's
+  only reader, where the producer hands over a fresh array it keeps no
+  reference to (`Op.fresh_output`), runs in place (attrs inplace=True).
 """
 
 from __future__ import annotations
@@ -84,18 +98,28 @@ class Plan:
         raise KeyError(path)
 
 
-def lower(g: Graph) -> Plan:
-    """Lower a shaped graph to a Plan (pure: reads g, never changes it)."""
+def lower(g: Graph, fuse: bool = True) -> Plan:
+    """Lower a shaped graph to a Plan (pure: reads g, never changes it).
+
+    fuse=False keeps one step per layer with the layer's own activation
+    (the reference that the fused plan is tested against).
+    """
     order = list(g)
     index = {layer.path: i for i, layer in enumerate(order)}
     steps = []
     for i, layer in enumerate(order):
         assert layer.op in OPS, f"{layer.path}: unregistered op {layer.op}"
+        attrs = layer.attrs
+        shapes = [order[index[p]].shape for p in layer.inputs]
+        if layer.shape is not None and all(s is not None for s in shapes):
+            chosen = OPS[layer.op].plan(attrs, shapes, layer.shape)  # type: ignore[arg-type]
+            if chosen:
+                attrs = attrs.replace(**chosen)
         steps.append(
             Step(
                 output=i,
                 op=layer.op,
-                attrs=layer.attrs,
+                attrs=attrs,
                 inputs=tuple(index[p] for p in layer.inputs),
                 path=layer.path,
                 weights=tuple(layer.weights),
@@ -105,7 +129,86 @@ def lower(g: Graph) -> Plan:
         )
     inputs = tuple(index[p] for p in g.inputs)
     outputs = tuple(index[p] for p in g.outputs)
-    return _plan(tuple(steps), inputs, outputs)
+    plan = _plan(tuple(steps), inputs, outputs)
+    return fuse_activations(fuse_zeropad(plan)) if fuse else plan
+
+
+_IDENTITY = OPS["identity"].bind()
+
+# Readers whose kernels pad with zeros themselves (a zeropad before them folds in).
+PADDING_HOSTS = ("conv", "depthwise_conv", "separable_conv")
+
+
+def fuse_zeropad(plan: Plan) -> Plan:
+    """Let a conv read past a zeropad that only it reads: the padding joins its own.
+
+    The conv gets attrs pad_input=((top, bottom), (left, right)) and reads the
+    zeropad's input; the zeropad step becomes an `identity` nobody reads (its
+    value is dropped at once), so no padded copy is made in forward and none
+    cropped in backward. Pure: returns a new Plan; indices stay, liveness is
+    recomputed.
+    """
+    steps = list(plan.steps)
+    changed = False
+    for step in plan.steps:
+        if step.op != "zeropad" or step.output in plan.outputs:
+            continue
+        readers = plan.consumers[step.output]
+        if len(readers) != 1:
+            continue
+        reader = steps[readers[0]]
+        if reader.op not in PADDING_HOSTS or reader.inputs != (step.output,):
+            continue
+        if "pad_input" in reader.attrs:
+            continue
+        steps[reader.output] = replace(
+            reader, attrs=reader.attrs.replace(pad_input=step.attrs["padding"]), inputs=step.inputs
+        )
+        steps[step.output] = replace(
+            step, op="identity", attrs=_IDENTITY.replace(fused_into=reader.path)
+        )
+        changed = True
+    return _plan(tuple(steps), plan.inputs, plan.outputs) if changed else plan
+
+
+# Activations whose kernels can run inside a producer or overwrite their input.
+FOLDABLE_ACTIVATIONS = ("relu", "relu6")
+# Producers whose kernels apply a relu/relu6 while the data is hot.
+ACTIVATION_HOSTS = {
+    "batchnorm": FOLDABLE_ACTIVATIONS,
+    "conv": ("relu",),
+    "dense": ("relu",),
+    "add": ("relu",),
+}
+
+
+def fuse_activations(plan: Plan) -> Plan:
+    """Move single-reader relu/relu6 steps into their producers, or run them in place.
+
+    Pure: returns a new Plan with the same indices, inputs, outputs and liveness.
+    """
+    steps = list(plan.steps)
+    for step in plan.steps:
+        if step.op not in FOLDABLE_ACTIVATIONS or len(step.inputs) != 1:
+            continue
+        j = step.inputs[0]
+        src = steps[j]
+        if plan.consumers[j] != (step.output,) or j in plan.outputs or j in plan.inputs:
+            continue
+        if step.output not in plan.outputs and _can_host(src, step.op):
+            steps[j] = replace(src, attrs=src.attrs.replace(activation=step.op))
+            steps[step.output] = replace(
+                step, op="identity", attrs=_IDENTITY.replace(fused_into=src.path)
+            )
+        elif OPS[src.op].fresh_output(src.attrs):
+            steps[step.output] = replace(step, attrs=step.attrs.replace(inplace=True))
+    return replace(plan, steps=tuple(steps))
+
+
+def _can_host(src: Step, act: str) -> bool:
+    if act not in ACTIVATION_HOSTS.get(src.op, ()):
+        return False
+    return src.attrs.get("activation", "none") in ("none", None)
 
 
 def _plan(steps: tuple[Step, ...], inputs: tuple[int, ...], outputs: tuple[int, ...]) -> Plan:
@@ -164,7 +267,12 @@ def strip_output_activation(plan: Plan, output: int | None = None) -> Plan:
 
 
 __all__ = [
+    "ACTIVATION_HOSTS",
+    "FOLDABLE_ACTIVATIONS",
     "FUSABLE",
+    "PADDING_HOSTS",
+    "fuse_activations",
+    "fuse_zeropad",
     "Plan",
     "Step",
     "lower",

@@ -11,6 +11,11 @@ several steps. Weights live in `params` ('layer/path:weight' -> device array),
 allocated exactly from each layer's WeightSpecs with Keras' initialisers.
 Weights update in place, so every view of them (the per-layer dicts that the
 kernels receive, batchnorm's moving statistics) stays current.
+
+Around the executor: the epoch loop behind `fit` is in cnndsl.training,
+checkpoints in cnndsl.checkpoint, weight files in cnndsl.weights, and the
+memory and non-finite guards in cnndsl.guards (each imports this module, so
+the methods here import them when called).
 """
 
 from __future__ import annotations
@@ -18,11 +23,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +42,9 @@ from cnndsl.lower import (
 from cnndsl.ops import OPS
 from cnndsl.ops.registry import Context, WeightSpec
 from cnndsl.optimizers import Optimizer, get_optimizer
+
+if TYPE_CHECKING:
+    from cnndsl.weights import LoadReport
 
 Array = Any
 
@@ -118,35 +123,6 @@ class Callback:
         """After the last epoch; logs are History.history."""
 
 
-@dataclass
-class LoadReport:
-    """What `Model.load` did: weights copied, and every weight it could not match."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # in the model, not in the file
-    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
-        default_factory=list
-    )  # (key, shape in file, shape in model)
-
-    @property
-    def complete(self) -> bool:
-        """True when every weight of the model came from the file and nothing was left over."""
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def describe(self) -> str:
-        """One line per problem, for the CLI."""
-        lines = [f"loaded {len(self.loaded)} weight arrays"]
-        lines += [
-            f"shape mismatch {k}: file {list(a)}, model {list(b)}" for k, a, b in self.mismatched
-        ]
-        if self.missing:
-            lines.append(f"not in file (kept initial values): {', '.join(self.missing)}")
-        if self.unexpected:
-            lines.append(f"in file but not in model (ignored): {', '.join(self.unexpected)}")
-        return "\n".join(lines)
-
-
 class ModelError(Exception):
     """A misuse of the model with a message for the user (bad data shape, no match, ...)."""
 
@@ -182,6 +158,8 @@ class Model:
         self.frozen: set[str] = {layer.path for layer in graph if not layer.trainable}
         self._init_weights(seed)
         self.stop_training = False
+        # Bytes the memory guard may plan for (None: what the machine has free now).
+        self.max_memory: int | None = None
         self._train_plans: dict[str, tuple[Plan, bool]] = {}
         self._refresh()
         train = dict(graph.meta.get("train", {}) or {})
@@ -226,21 +204,15 @@ class Model:
 
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every weight, layer by layer in plan order (Keras layouts and order)."""
-        return [self.backend.to_host(self.params[k]).copy() for k in self.specs]
+        from cnndsl.weights import get_weights
+
+        return get_weights(self)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Set every weight from a list in `get_weights` order; shapes must match exactly."""
-        keys = list(self.specs)
-        if len(weights) != len(keys):
-            raise ModelError(f"set_weights got {len(weights)} arrays; the model has {len(keys)}")
-        for key, value in zip(keys, weights, strict=True):
-            if tuple(np.shape(value)) != self.specs[key].shape:
-                raise ModelError(
-                    f"set_weights: {key} needs shape {list(self.specs[key].shape)},"
-                    f" got {list(np.shape(value))}"
-                )
-        for key, value in zip(keys, weights, strict=True):
-            self._assign(key, np.asarray(value))
+        from cnndsl.weights import set_weights
+
+        set_weights(self, weights)
 
     def layer_weights(self, path: str) -> dict[str, np.ndarray]:
         """Host copies of one layer's weights by name."""
@@ -249,56 +221,18 @@ class Model:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write every weight to an .npz ('layer/path:weight' keys), atomically."""
-        path = os.fspath(path)
-        arrays = {k: self.backend.to_host(v) for k, v in self.params.items()}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
-            # NOTE: readers see the old file or the new one, never a half-written one.
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        try:  # make the rename itself durable where the platform allows
-            dir_fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        from cnndsl.weights import save_weights
+
+        save_weights(self, path)
 
     def load(self, path: str | os.PathLike[str], strict: bool = False) -> LoadReport:
         """Copy every weight whose key and shape match from an .npz; report the rest.
 
         With strict=True any mismatch raises ModelError and nothing is changed.
         """
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as f:
-                stored = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise ModelError(f"{os.fspath(path)}: cannot read weights ({e})") from None
-        report = LoadReport()
-        for key, spec in self.specs.items():
-            if key not in stored:
-                report.missing.append(key)
-            elif tuple(stored[key].shape) != spec.shape:
-                report.mismatched.append((key, tuple(stored[key].shape), spec.shape))
-            else:
-                report.loaded.append(key)
-        report.unexpected = [k for k in stored if k not in self.specs]
-        if strict and not report.complete:
-            raise ModelError(f"{os.fspath(path)} does not match this model:\n{report.describe()}")
-        for key in report.loaded:
-            self._assign(key, stored[key])
-        return report
+        from cnndsl.weights import load_weights
+
+        return load_weights(self, path, strict)
 
     # ---- freezing ----
     def _match(self, pattern: str) -> list[str]:
@@ -353,6 +287,7 @@ class Model:
             needs_input_grad=tuple(self._requires[j] for j in step.inputs),
             overrides=self.backend.overrides,
             cache=self._caches[step.output],
+            workers=self.backend.workers,
         )
 
     def _forward(
@@ -487,11 +422,19 @@ class Model:
         return float(value), {k: self.backend.to_host(g) for k, g in grads.items()}
 
     def train_step(self, x: Any, y: Any) -> tuple[float, Array]:
-        """One optimizer step on a batch: (loss, network output); uses the compiled settings."""
+        """One optimizer step on a batch: (loss, network output); uses the compiled settings.
+
+        A NaN or infinite loss or gradient raises NonFiniteLoss and changes nothing.
+        """
+        from cnndsl import guards
+
         xb, yb = self._device_batch(x), self._labels(y)
+        before = guards.snapshot(self)  # generator state, moving statistics: to undo a NaN step
         value, grad, p, plan, saved = self._loss_and_output(xb, yb, self.loss, True, keep=True)
         assert saved is not None
         grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+        if not guards.all_finite(self.xp, value, grads):
+            raise guards.non_finite_step(self, xb, yb, float(value), before)
         self.optimizer.step(self.xp, self.params, grads)
         return float(value), p
 
@@ -503,6 +446,12 @@ class Model:
     def _single_output(self) -> None:
         if len(self.plan.outputs) != 1:
             raise ModelError("training and evaluation support networks with one output")
+
+    def _check_memory(self, batch: int, training: bool) -> None:
+        """Refuse (OutOfMemoryPlan) a batch whose memory plan exceeds the memory available."""
+        from cnndsl.guards import check_memory
+
+        check_memory(self, batch, training)
 
     # ---- Keras-style API ----
     def compile(
@@ -535,115 +484,44 @@ class Model:
         metrics: Sequence[str] | None = None,
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         initial_epoch: int = 0,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        keep: int = 3,
+        resume: bool = False,
     ) -> History:
         """Train for `epochs`; returns History with loss, metrics and val_* per epoch.
 
         Like Keras, validation_split takes the last fraction of (x, y) before
         shuffling. `augment(batch, rng)` transforms each training batch on the host.
+        With checkpoint_dir, the run is saved there every `checkpoint_every` steps
+        and at each epoch end (the newest `keep` kept); resume=True continues from
+        the newest good one, ending with the same weights as an uninterrupted run.
+        Ctrl-C stops between two steps (saving a checkpoint) with TrainingInterrupted;
+        a NaN or infinite loss raises NonFiniteLoss; a batch that will not fit in
+        memory (Model.max_memory, else what is free) raises OutOfMemoryPlan.
         """
-        self.compile(loss, optimizer, metrics)
-        self._single_output()
-        epochs = self.epochs if epochs is None else int(epochs)
-        batch_size = self.batch_size if batch_size is None else int(batch_size)
-        if batch_size < 1:
-            raise ModelError(f"batch size must be >= 1, got {batch_size}")
-        n = len(x)
-        if len(y) != n:
-            raise ModelError(f"x has {n} samples but y has {len(y)}")
-        train_idx = np.arange(n)
-        if validation_data is None and validation_split:
-            if not 0 < validation_split < 1:
-                raise ModelError(f"validation_split must be in (0, 1), got {validation_split}")
-            n_val = int(n * validation_split)
-            if n_val == 0 or n_val == n:
-                raise ModelError(
-                    f"validation_split {validation_split} of {n} samples leaves an empty set"
-                )
-            val_idx = train_idx[n - n_val :]
-            train_idx = train_idx[: n - n_val]
-            validation_data = (x[val_idx], np.asarray(y)[val_idx])
-        metric_fns = [(name, get_metric(name)) for name in self.metric_names]
-        history = History()
-        history.params = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "samples": len(train_idx),
-            "steps": math.ceil(len(train_idx) / batch_size),
-            "loss": self.loss.name,
-            "optimizer": self.optimizer.config,
-            "metrics": list(self.metric_names),
-        }
-        callbacks = list(callbacks)
-        for cb in callbacks:
-            cb.model = self
-        self.stop_training = False
-        for cb in callbacks:
-            cb.on_train_begin(dict(history.params))
-        y_all = np.asarray(y)
-        with self.backend.compute_scope(3 * self.macs * batch_size):
-            for epoch in range(initial_epoch, epochs):
-                for cb in callbacks:
-                    cb.on_epoch_begin(epoch, {})
-                start = time.perf_counter()
-                order = self.rng.permutation(train_idx) if shuffle else train_idx
-                logs = self._train_epoch(
-                    x, y_all, order, batch_size, augment, metric_fns, callbacks, epoch
-                )
-                if validation_data is not None:
-                    val = self.evaluate(validation_data[0], validation_data[1], batch_size)
-                    logs.update({f"val_{k}": v for k, v in val.items()})
-                history.append(epoch, logs)
-                for cb in callbacks:
-                    cb.on_epoch_end(epoch, {**logs, "seconds": time.perf_counter() - start})
-                if self.stop_training:
-                    break
-        for cb in callbacks:
-            cb.on_train_end(history.history)
-        return history
+        from cnndsl.training import fit
 
-    def _train_epoch(
-        self,
-        x: Any,
-        y_all: np.ndarray,
-        order: np.ndarray,
-        batch_size: int,
-        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
-        metric_fns: list[tuple[str, Metric]],
-        callbacks: list[Callback],
-        epoch: int,
-    ) -> dict[str, float]:
-        """One pass over x[order] in batches; returns the epoch's mean loss and metrics."""
-        sums: dict[str, float] = {"loss": 0.0}
-        counts: dict[str, int] = {"loss": 0}
-        start = time.perf_counter()
-        for b, lo in enumerate(range(0, len(order), batch_size)):
-            idx = order[lo : lo + batch_size]
-            xb = np.asarray(x[idx])
-            if augment is not None:
-                xb = augment(xb, self.rng)
-            yb = y_all[idx]
-            value, p = self.train_step(xb, yb)
-            if not math.isfinite(value):
-                raise ModelError(
-                    f"loss became {value} at epoch {epoch + 1}, batch {b + 1}; lower the"
-                    " learning rate"
-                )
-            sums["loss"] += value * len(idx)
-            counts["loss"] += len(idx)
-            ydev = self._labels(yb)
-            for name, fn in metric_fns:
-                s, c = fn(self.xp, p, ydev)
-                sums[name] = sums.get(name, 0.0) + float(s)
-                counts[name] = counts.get(name, 0) + c
-            logs: dict[str, Any] = {k: sums[k] / max(counts[k], 1) for k in sums}
-            logs.update(
-                samples=lo + len(idx), total=len(order), seconds=time.perf_counter() - start
-            )
-            for cb in callbacks:
-                cb.on_batch_end(b, logs)
-            if self.stop_training:
-                break
-        return {k: sums[k] / max(counts[k], 1) for k in sums}
+        return fit(
+            self,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            validation_data=validation_data,
+            shuffle=shuffle,
+            callbacks=callbacks,
+            loss=loss,
+            optimizer=optimizer,
+            metrics=metrics,
+            augment=augment,
+            initial_epoch=initial_epoch,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            keep=keep,
+            resume=resume,
+        )
 
     def evaluate(
         self,
@@ -661,6 +539,7 @@ class Model:
         n = len(x)
         if len(y) != n:
             raise ModelError(f"x has {n} samples but y has {len(y)}")
+        self._check_memory(min(batch_size, n), training=False)
         y_all = np.asarray(y)
         sums = {"loss": 0.0, **{name: 0.0 for name in names}}
         counts = dict.fromkeys(sums, 0)
@@ -692,6 +571,7 @@ class Model:
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Network outputs for every sample, in inference mode, as a host array."""
         batch_size = batch_size or self.batch_size
+        self._check_memory(min(batch_size, len(x)), training=False)
         with self.backend.compute_scope(self.macs * batch_size):
             outs = [self(x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)]
         if not outs:
@@ -738,4 +618,4 @@ def _path(key: str) -> str:
     return key.rsplit(":", 1)[0]
 
 
-__all__ = ["Callback", "History", "LoadReport", "Model", "ModelError", "fans", "initial_value"]
+__all__ = ["Callback", "History", "Model", "ModelError", "fans", "initial_value"]

@@ -2,8 +2,9 @@
 
 Kernels are written once against `xp` (numpy or cupy, which mirror each other);
 a backend supplies that module, moves arrays between host and device, owns the
-random generator that dropout draws from, and may offer faster kernels in
-`overrides` (passed to every op as `ctx.overrides`).
+random generator that dropout draws from, may offer faster kernels in
+`overrides` (passed to every op as `ctx.overrides`), and says how kernels
+spread chunked work in `workers` (passed as `ctx.workers`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
+from cnndsl.ops.workers import Workers
 
 
 class BackendError(Exception):
@@ -27,6 +30,7 @@ class Backend:
     def __init__(self, xp: Any, seed: int = 0) -> None:
         self.xp = xp
         self.overrides: Mapping[str, Callable[..., Any]] = {}
+        self.workers: Workers = Workers()
         self.seed(seed)
 
     def seed(self, seed: int) -> None:

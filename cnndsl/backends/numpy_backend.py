@@ -1,14 +1,29 @@
-"""The NumPy backend: arrays in host memory, kernels run by NumPy's BLAS."""
+"""The NumPy backend: arrays in host memory, kernels run by NumPy's BLAS.
+
+Kernels cut their work into chunks of samples (`cnndsl.ops.workers`); this
+backend runs the chunks on a few threads, one per core, each calling a
+single-threaded BLAS: NumPy releases the GIL in copies, ufuncs and matmul,
+so the im2col copies and the elementwise passes use every core, not only
+the GEMMs, and no core waits at a BLAS barrier for one busy with someone
+else's process.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 from cnndsl.backends.base import Backend
+from cnndsl.ops.workers import Workers
+
+T = TypeVar("T")
 
 # Below this many multiply-adds per batch, one BLAS thread is faster: the GEMMs
 # are too small to split, and OpenBLAS threads that spin-wait for work slow
@@ -16,11 +31,110 @@ from cnndsl.backends.base import Backend
 SMALL_WORK = 300_000_000
 
 
+def cores() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+class _Blas:
+    """Limits BLAS to one thread while the worker threads run (lazily imported)."""
+
+    controller: Any = None
+    tried = False
+
+    @classmethod
+    def single(cls) -> contextlib.AbstractContextManager[Any]:
+        if not cls.tried:
+            cls.tried = True
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                cls.controller = ThreadpoolController()
+            except ImportError:  # NOTE: scikit-learn brings it; without it, BLAS as configured
+                cls.controller = None
+        if cls.controller is None:
+            return contextlib.nullcontext()
+        return cls.controller.limit(limits=1, user_api="blas")
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    # NOTE: a forked child has none of the parent's threads: it starts its own pools.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of `threads` worker threads, shared by every model (made on first use)."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cnndsl-lane")
+        return _POOLS[threads]
+
+
+class ThreadWorkers(Workers):
+    """Runs the chunks of a kernel on `lanes` threads (the caller is one of them).
+
+    Lanes take the next chunk as they finish one, so a core slowed by another
+    process does less of the work. BLAS runs single-threaded meanwhile.
+    """
+
+    def __init__(self, lanes: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.lanes = max(1, lanes)
+        self._inside = threading.local()
+
+    def each(self, chunks: Sequence[T], fn: Callable[[int, T], None]) -> None:
+        lanes = min(self.lanes, len(chunks))
+        if lanes <= 1 or getattr(self._inside, "busy", False):
+            # NOTE: one chunk (batch 1, say) keeps BLAS's own threads for its GEMM.
+            for chunk in chunks:
+                fn(0, chunk)
+            return
+        pool = _pool(self.lanes - 1)
+        counter = itertools.count()
+        failed: list[BaseException] = []
+
+        def lane(k: int) -> None:
+            self._inside.busy = True
+            try:
+                while not failed:
+                    i = next(counter)  # atomic under the GIL
+                    if i >= len(chunks):
+                        return
+                    fn(k, chunks[i])
+            except BaseException as e:
+                failed.append(e)
+            finally:
+                self._inside.busy = False
+
+        with self.one_blas_thread():
+            futures = [pool.submit(lane, k) for k in range(1, lanes)]
+            lane(0)
+            for f in futures:
+                f.result()
+        if failed:
+            raise failed[0]
+
+    def one_blas_thread(self) -> contextlib.AbstractContextManager[Any]:
+        return _Blas.single()
+
+
 class NumpyBackend(Backend):
     """Host arrays; `to_device` and `to_host` are (almost) free.
 
-    threads: BLAS threads for large batches (None: as configured, e.g. by
-    OPENBLAS_NUM_THREADS); small batches always run on one thread.
+    threads: worker threads for chunked kernels and BLAS threads for the rest
+    (None: one per core the process may use); small batches run BLAS on one thread.
     """
 
     name = "numpy"
@@ -28,6 +142,7 @@ class NumpyBackend(Backend):
     def __init__(self, seed: int = 0, threads: int | None = None) -> None:
         super().__init__(np, seed)
         self.threads = threads
+        self.workers = ThreadWorkers(threads if threads is not None else cores())
 
     def to_host(self, a: Any) -> np.ndarray:
         return np.asarray(a)

@@ -24,6 +24,7 @@ from cnndsl.ops.registry import (
     ShapeError,
     register,
 )
+from cnndsl.ops.workers import elementwise
 
 Weights = dict[str, Array]
 Forward = tuple[Array, Any]
@@ -94,27 +95,50 @@ class Identity(ActivationOp):
 
 @register
 class Relu(ActivationOp):
-    """relu: y = max(x, 0); the gradient at 0 is 0 (as PyTorch)."""
+    """relu: y = max(x, 0); the gradient at 0 is 0 (as PyTorch).
+
+    With inplace=True (set by lowering when this step is its input's only
+    reader and the producer keeps no reference to it) y overwrites x.
+    """
 
     name = "relu"
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
-        y = xp.maximum(xs[0], 0)
+        x = xs[0]
+        y = x if a.get("inplace") else xp.empty_like(x)
+        elementwise(xp, ctx, lambda lo, hi: xp.maximum(x[lo:hi], 0, out=y[lo:hi]), x)
         return y, y
 
     def grad(self, xp: Any, a: Attrs, saved: Any, dy: Array) -> Array:
         return dy * (saved > 0)
 
+    def backward(
+        self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
+    ) -> Backward:
+        if not ctx.wants_grad(0):
+            return [None], {}
+        dx = xp.empty_like(dy)
+        elementwise(
+            xp, ctx, lambda lo, hi: xp.multiply(dy[lo:hi], saved[lo:hi] > 0, out=dx[lo:hi]), dy
+        )
+        return [dx], {}
+
 
 @register
 class Relu6(ActivationOp):
-    """relu6: y = min(max(x, 0), 6); gradient 1 on the open interval (0, 6)."""
+    """relu6: y = min(max(x, 0), 6); gradient 1 on the open interval (0, 6).
+
+    The gradient mask comes from y (0 < y < 6 exactly where 0 < x < 6), so y
+    may overwrite x (inplace=True, set by lowering as for relu).
+    """
 
     name = "relu6"
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        return xp.clip(x, 0, 6), x
+        y = x if a.get("inplace") else xp.empty_like(x)
+        elementwise(xp, ctx, lambda lo, hi: xp.clip(x[lo:hi], 0, 6, out=y[lo:hi]), x)
+        return y, y
 
     def grad(self, xp: Any, a: Attrs, saved: Any, dy: Array) -> Array:
         return dy * ((saved > 0) & (saved < 6))

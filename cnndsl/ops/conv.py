@@ -8,17 +8,30 @@ stride s and padding p_before/p_after:
     f_eff = d·(f − 1) + 1
     out   = floor((n − f_eff + p_before + p_after) / s) + 1
 
-The kernels below are shared: `conv2d` (im2col + GEMM, grouped; a plain
-matmul for 1×1) and `depthwise2d` (multiply-adds over the fh·fw kernel
-offsets); separable_conv is depthwise2d followed by a 1×1 conv2d.
+The kernels live in `cnndsl.ops.conv_kernels`: conv2d (chunked im2col +
+GEMM; a plain matmul for 1×1; the input gradient by the variant lowering
+chose, see `Conv.plan`), and `cnndsl.ops.depthwise_kernels`: depthwise2d
+(multiply-adds over the fh·fw kernel offsets); separable_conv is depthwise2d
+followed by a 1×1 conv2d.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cnndsl.ops.act import activate, activate_backward
+from cnndsl.ops.conv_kernels import (
+    Geometry,
+    conv2d_backward,
+    conv2d_forward,
+    geometry_of,
+    grouped_conv2d,
+    grouped_conv2d_backward,
+    input_grad_method,
+)
+from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
 from cnndsl.ops.registry import (
     REQUIRED,
     Activation,
@@ -41,6 +54,7 @@ from cnndsl.ops.registry import (
     spatial,
     window_out,
 )
+from cnndsl.ops.workers import workers_of
 
 Weights = dict[str, Array]
 Forward = tuple[Array, Any]
@@ -80,190 +94,29 @@ def batch_geometry(
     return geometry("", a, tuple(x.shape[1:]), kernel, dilation)
 
 
-def pad2d(xp: Any, x: Array, p: Pads, value: float = 0.0) -> Array:
-    """Pad the two spatial axes of an (N, h, w, c) batch; a contiguous array either way."""
-    if p == ((0, 0), (0, 0)):
-        return xp.ascontiguousarray(x)
-    return xp.pad(x, ((0, 0), p[0], p[1], (0, 0)), mode="constant", constant_values=value)
-
-
-def tap(
-    x: Array,
-    u: int,
-    v: int,
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    out: tuple[int, int],
-) -> Array:
-    """The (N, oh, ow, c) view of padded x that kernel offset (u, v) meets at every output."""
-    i, j = u * dilation[0], v * dilation[1]
-    return x[:, i : i + stride[0] * (out[0] - 1) + 1 : stride[0],
-             j : j + stride[1] * (out[1] - 1) + 1 : stride[1]]  # fmt: skip
-
-
-def unpad2d(x: Array, p: Pads) -> Array:
-    """Crop the padding that pad2d added."""
-    (t, b), (l, r) = p
-    return x[:, t : x.shape[1] - b, l : x.shape[2] - r]
-
-
-# ---- conv2d: im2col + GEMM ----
-
-
 @dataclass
 class ConvSaved:
-    """What conv2d_backward needs: the padded input (or strided input of a 1×1) and geometry."""
+    """What a convolution's backward needs: its input (padded, for groups > 1), the
+    geometry, what the activation saved, and whether a relu ran inside the kernel."""
 
     x: Array
-    in_shape: tuple[int, ...]
-    pads: Pads
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    out: tuple[int, int]
-    pointwise: bool
+    geo: Geometry
+    act: Any
+    fused_relu: bool
 
 
-def im2col(
-    xp: Any,
-    xpad: Array,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    out: tuple[int, int],
-) -> Array:
-    """Strided view (N, oh, ow, fh, fw, c) of padded x: patch (i, j) of every output."""
-    n, _, _, c = xpad.shape
-    sn, sh, sw, sc = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad,
-        shape=(n, out[0], out[1], kernel[0], kernel[1], c),
-        strides=(sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc),
-    )
+def conv_geometry(a: Attrs, x: Shape) -> Geometry:
+    """Kernel geometry of a conv-like op (kernel, stride, padding, dilation) on x (h, w, c).
 
-
-def conv2d(
-    xp: Any,
-    x: Array,
-    kernel: Array,
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    p: Pads,
-    groups: int,
-) -> tuple[Array, ConvSaved]:
-    """Grouped 2-D cross-correlation of x (N, h, w, c) with kernel [fh, fw, c/groups, f]."""
-    fh, fw, cin_g, f = kernel.shape
-    n = x.shape[0]
-    if (fh, fw) == (1, 1) and p == ((0, 0), (0, 0)) and groups == 1:
-        # A 1×1 conv is a matmul over the pixels it visits; no im2col copy.
-        xs = x[:, :: stride[0], :: stride[1]]
-        out = (xs.shape[1], xs.shape[2])
-        z = (xs.reshape(-1, cin_g) @ kernel.reshape(cin_g, f)).reshape(n, *out, f)
-        saved = ConvSaved(xs, tuple(x.shape), p, stride, dilation, 1, out, True)
-        return z, saved
-    xpad = pad2d(xp, x, p)
-    eff = effective((fh, fw), dilation)
-    out = ((xpad.shape[1] - eff[0]) // stride[0] + 1, (xpad.shape[2] - eff[1]) // stride[1] + 1)
-    view = im2col(xp, xpad, (fh, fw), stride, dilation, out)
-    f_g = f // groups
-    zs = []
-    for g in range(groups):
-        cols = view[..., g * cin_g : (g + 1) * cin_g].reshape(-1, fh * fw * cin_g)
-        zs.append(cols @ kernel[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g))
-    z = zs[0] if groups == 1 else xp.concatenate(zs, axis=1)
-    saved = ConvSaved(xpad, tuple(x.shape), p, stride, dilation, groups, out, False)
-    return z.reshape(n, *out, f), saved
-
-
-def conv2d_backward(
-    xp: Any, s: ConvSaved, dz: Array, kernel: Array, want_dx: bool
-) -> tuple[Array | None, Array]:
-    """(dx or None, dkernel) of conv2d: dW = colsᵀ·dz, dcols = dz·Wᵀ, then col2im."""
-    fh, fw, cin_g, f = kernel.shape
-    if s.pointwise:
-        dz2 = dz.reshape(-1, f)
-        dk = (s.x.reshape(-1, cin_g).T @ dz2).reshape(kernel.shape)
-        if not want_dx:
-            return None, dk
-        dxs = (dz2 @ kernel.reshape(cin_g, f).T).reshape(s.x.shape)
-        if s.stride == (1, 1):
-            return dxs, dk
-        dx = xp.zeros(s.in_shape, dtype=dxs.dtype)
-        dx[:, :: s.stride[0], :: s.stride[1]] = dxs
-        return dx, dk
-    view = im2col(xp, s.x, (fh, fw), s.stride, s.dilation, s.out)
-    f_g = f // s.groups
-    dks, dcols = [], []
-    for g in range(s.groups):
-        cols = view[..., g * cin_g : (g + 1) * cin_g].reshape(-1, fh * fw * cin_g)
-        dz_g = dz[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
-        dks.append((cols.T @ dz_g).reshape(fh, fw, cin_g, f_g))
-        if want_dx:
-            w_g = kernel[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
-            dcols.append((dz_g @ w_g.T).reshape(*view.shape[:5], cin_g))
-    dk = dks[0] if s.groups == 1 else xp.concatenate(dks, axis=3)
-    if not want_dx:
-        return None, dk
-    dcol = dcols[0] if s.groups == 1 else xp.concatenate(dcols, axis=5)
-    # col2im: each kernel offset scatters its slice of dcols back onto the input.
-    dxpad = xp.zeros(s.x.shape, dtype=dcol.dtype)
-    for u in range(fh):
-        for v in range(fw):
-            tap(dxpad, u, v, s.stride, s.dilation, s.out)[...] += dcol[:, :, :, u, v]
-    return unpad2d(dxpad, s.pads), dk
-
-
-# ---- depthwise2d: one filter bank per input channel ----
-
-
-@dataclass
-class DepthwiseSaved:
-    """What depthwise2d_backward needs."""
-
-    xpad: Array
-    pads: Pads
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    out: tuple[int, int]
-
-
-def depthwise2d(
-    xp: Any,
-    x: Array,
-    kernel: Array,
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    p: Pads,
-) -> tuple[Array, DepthwiseSaved]:
-    """Depthwise conv of x (N, h, w, c) with kernel [fh, fw, c, m]; channel c·m + j out."""
-    fh, fw, c, m = kernel.shape
-    xpad = pad2d(xp, x, p)
-    eff = effective((fh, fw), dilation)
-    out = ((xpad.shape[1] - eff[0]) // stride[0] + 1, (xpad.shape[2] - eff[1]) // stride[1] + 1)
-    z = xp.zeros((x.shape[0], *out, c, m), dtype=xp.result_type(x, kernel))
-    for u in range(fh):
-        for v in range(fw):
-            z += tap(xpad, u, v, stride, dilation, out)[..., None] * kernel[u, v]
-    return z.reshape(x.shape[0], *out, c * m), DepthwiseSaved(xpad, p, stride, dilation, out)
-
-
-def depthwise2d_backward(
-    xp: Any, s: DepthwiseSaved, dz: Array, kernel: Array, want_dx: bool
-) -> tuple[Array | None, Array]:
-    """(dx or None, dkernel) of depthwise2d, again one kernel offset at a time."""
-    fh, fw, c, m = kernel.shape
-    dz = dz.reshape(*dz.shape[:3], c, m)
-    dk = xp.empty(kernel.shape, dtype=xp.result_type(s.xpad, dz))
-    dxpad = xp.zeros(s.xpad.shape, dtype=dk.dtype) if want_dx else None
-    for u in range(fh):
-        for v in range(fw):
-            patch = tap(s.xpad, u, v, s.stride, s.dilation, s.out)
-            dk[u, v] = xp.einsum("nhwc,nhwcm->cm", patch, dz)
-            if dxpad is not None:
-                tap(dxpad, u, v, s.stride, s.dilation, s.out)[...] += xp.einsum(
-                    "nhwcm,cm->nhwc", dz, kernel[u, v]
-                )
-    return (None if dxpad is None else unpad2d(dxpad, s.pads)), dk
+    attrs pad_input=((t, b), (l, r)) (set by lowering, `fuse_zeropad`): x is the
+    input of a zeropad folded into this op; its zeros add to the op's own padding.
+    """
+    h, w, c = x[-3:]
+    (zt, zb), (zl, zr) = a.get("pad_input") or ((0, 0), (0, 0))
+    h, w = h + zt + zb, w + zl + zr
+    (t, b), (l, r) = pads(a.padding, (h, w), effective(a.kernel, a.dilation), a.stride)
+    total = ((t + zt, b + zb), (l + zl, r + zr))
+    return geometry_of((h - zt - zb, w - zl - zr, c), a.kernel, a.stride, a.dilation, total)
 
 
 # ---- The ops ----
@@ -341,24 +194,62 @@ class Conv(Op):
     def window(self, a: Attrs, *xs: Shape) -> Window:
         return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
 
+    def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
+        """The input-gradient variant for this shape ("full", "col2im" or "gemm")."""
+        if a.groups != 1:
+            return {}
+        return {"input_grad": input_grad_method(conv_geometry(a, xs[0]), a.filters)}
+
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.activation == "none"
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        p, _ = batch_geometry(x, a, a.kernel, a.dilation)
-        z, saved = conv2d(xp, x, w["kernel"], a.stride, a.dilation, p, a.groups)
-        if "bias" in w:
-            z += w["bias"]
+        geo = conv_geometry(a, x.shape[1:])
+        if a.groups != 1:
+            z, xpad = grouped_conv2d(xp, x, w["kernel"], geo, a.groups)
+            if "bias" in w:
+                z += w["bias"]
+            y, act_saved = activate(xp, a.activation, z)
+            return y, ConvSaved(xpad, geo, act_saved, False)
+        relu = a.activation == "relu"
+        z = conv2d_forward(xp, x, w["kernel"], w.get("bias"), geo, relu, workers_of(ctx))
+        if relu:  # applied chunk by chunk; it saves its output, as Relu.forward does
+            return z, ConvSaved(x, geo, z, True)
         y, act_saved = activate(xp, a.activation, z)
-        return y, (saved, act_saved)
+        return y, ConvSaved(x, geo, act_saved, False)
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
     ) -> Backward:
-        conv_saved, act_saved = saved
-        dz = activate_backward(xp, a.activation, act_saved, dy)
-        dx, dk = conv2d_backward(xp, conv_saved, dz, w["kernel"], ctx.wants_grad(0))
+        s: ConvSaved = saved
+        if a.groups != 1:
+            dz = activate_backward(xp, a.activation, s.act, dy)
+            dx, dk = grouped_conv2d_backward(
+                xp, s.x, dz, w["kernel"], s.geo, a.groups, ctx.wants_grad(0)
+            )
+            grads = {"kernel": dk}
+            if "bias" in w:
+                grads["bias"] = dz.sum(axis=(0, 1, 2))
+            return [dx], grads
+        dz = dy if s.fused_relu else activate_backward(xp, a.activation, s.act, dy)
+        # NOTE: lowering records the variant (Conv.plan); a direct call derives the same one.
+        method = a.get("input_grad") or input_grad_method(s.geo, a.filters)
+        dx, dk, db = conv2d_backward(
+            xp,
+            s.x,
+            dz,
+            w["kernel"],
+            s.geo,
+            want_dx=ctx.wants_grad(0),
+            want_db="bias" in w,
+            method=method,
+            relu_out=s.act if s.fused_relu else None,
+            workers=workers_of(ctx),
+        )
         grads = {"kernel": dk}
-        if "bias" in w:
-            grads["bias"] = dz.sum(axis=(0, 1, 2))
+        if db is not None:
+            grads["bias"] = db
         return [dx], grads
 
 
@@ -407,21 +298,26 @@ class DepthwiseConv(Op):
     def window(self, a: Attrs, *xs: Shape) -> Window:
         return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
 
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.activation == "none"
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        p, _ = batch_geometry(x, a, a.kernel, a.dilation)
-        z, saved = depthwise2d(xp, x, w["kernel"], a.stride, a.dilation, p)
+        geo = conv_geometry(a, x.shape[1:])
+        z = depthwise2d_forward(xp, x, w["kernel"], geo, workers_of(ctx))
         if "bias" in w:
             z += w["bias"]
         y, act_saved = activate(xp, a.activation, z)
-        return y, (saved, act_saved)
+        return y, ConvSaved(x, geo, act_saved, False)
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
     ) -> Backward:
-        dw_saved, act_saved = saved
-        dz = activate_backward(xp, a.activation, act_saved, dy)
-        dx, dk = depthwise2d_backward(xp, dw_saved, dz, w["kernel"], ctx.wants_grad(0))
+        s: ConvSaved = saved
+        dz = activate_backward(xp, a.activation, s.act, dy)
+        dx, dk = depthwise2d_backward(
+            xp, s.x, dz, w["kernel"], s.geo, ctx.wants_grad(0), workers_of(ctx)
+        )
         grads = {"kernel": dk}
         if "bias" in w:
             grads["bias"] = dz.sum(axis=(0, 1, 2))
@@ -479,25 +375,42 @@ class SeparableConv(Op):
     def window(self, a: Attrs, *xs: Shape) -> Window:
         return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
 
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.activation == "none"
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        p, _ = batch_geometry(x, a, a.kernel, a.dilation)
-        t, dw_saved = depthwise2d(xp, x, w["depthwise_kernel"], a.stride, a.dilation, p)
-        nopad = ((0, 0), (0, 0))
-        z, pw_saved = conv2d(xp, t, w["pointwise_kernel"], (1, 1), (1, 1), nopad, 1)
-        if "bias" in w:
-            z += w["bias"]
+        workers = workers_of(ctx)
+        geo = conv_geometry(a, x.shape[1:])
+        t = depthwise2d_forward(xp, x, w["depthwise_kernel"], geo, workers)
+        pw = geometry_of(t.shape[1:], (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)))
+        z = conv2d_forward(xp, t, w["pointwise_kernel"], w.get("bias"), pw, False, workers)
         y, act_saved = activate(xp, a.activation, z)
-        return y, (dw_saved, pw_saved, act_saved)
+        return y, (ConvSaved(x, geo, None, False), ConvSaved(t, pw, act_saved, False))
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
     ) -> Backward:
-        dw_saved, pw_saved, act_saved = saved
-        dz = activate_backward(xp, a.activation, act_saved, dy)
-        dt, dpk = conv2d_backward(xp, pw_saved, dz, w["pointwise_kernel"], True)
-        dx, ddk = depthwise2d_backward(xp, dw_saved, dt, w["depthwise_kernel"], ctx.wants_grad(0))
+        dw_saved, pw_saved = saved
+        workers = workers_of(ctx)
+        dz = activate_backward(xp, a.activation, pw_saved.act, dy)
+        dt, dpk, db = conv2d_backward(
+            xp,
+            pw_saved.x,
+            dz,
+            w["pointwise_kernel"],
+            pw_saved.geo,
+            want_dx=True,
+            want_db="bias" in w,
+            method="gemm",
+            relu_out=None,
+            workers=workers,
+        )
+        assert dt is not None
+        dx, ddk = depthwise2d_backward(
+            xp, dw_saved.x, dt, w["depthwise_kernel"], dw_saved.geo, ctx.wants_grad(0), workers
+        )
         grads = {"depthwise_kernel": ddk, "pointwise_kernel": dpk}
-        if "bias" in w:
-            grads["bias"] = dz.sum(axis=(0, 1, 2))
+        if db is not None:
+            grads["bias"] = db
         return [dx], grads

@@ -21,6 +21,7 @@ from cnndsl.ops.registry import (
     Window,
     register,
 )
+from cnndsl.ops.workers import workers_of
 
 Weights = dict[str, Array]
 Forward = tuple[Array, Any]
@@ -68,9 +69,12 @@ class Dense(Op):
     def window(self, a: Attrs, *xs: Shape) -> Window:
         return WHOLE
 
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.activation == "none"
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        z = x @ w["kernel"]
+        z = workers_of(ctx).matmul(xp, x, w["kernel"])
         if "bias" in w:
             z += w["bias"]
         y, act_saved = activate(xp, a.activation, z)
@@ -81,7 +85,8 @@ class Dense(Op):
     ) -> Backward:
         x, act_saved = saved
         dz = activate_backward(xp, a.activation, act_saved, dy)
-        grads = {"kernel": x.T @ dz}
+        workers = workers_of(ctx)
+        grads = {"kernel": workers.matmul(xp, x.T, dz)}
         if "bias" in w:
             grads["bias"] = dz.sum(axis=0)
-        return [dz @ w["kernel"].T if ctx.wants_grad(0) else None], grads
+        return [workers.matmul(xp, dz, w["kernel"].T) if ctx.wants_grad(0) else None], grads

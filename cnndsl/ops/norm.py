@@ -5,6 +5,7 @@ All keep the input shape and work along the last (channel) axis.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from cnndsl.ops.registry import (
@@ -21,6 +22,7 @@ from cnndsl.ops.registry import (
     WeightSpec,
     register,
 )
+from cnndsl.ops.workers import Workers, workers_of
 
 Weights = dict[str, Array]
 Forward = tuple[Array, Any]
@@ -42,6 +44,11 @@ class BatchNorm(Op):
     move in place: moving = momentum·moving + (1 − momentum)·batch (Keras,
     biased variance included). Inference: the moving statistics.
     Attrs: momentum=0.99, epsilon=0.001, center=true (beta), scale=true (gamma).
+    Lowering may add activation=relu|relu6 when that activation is the only
+    reader (`cnndsl.lower`): the kernel then applies it while the data is hot.
+    The three elementwise passes (affine, gradient sums, dx) are the generic
+    chunked kernels below unless ctx.overrides holds a backend's version under
+    "batchnorm_affine", "batchnorm_dz_sums" or "batchnorm_dx" (same signature).
     Weights: gamma [C] (if scale), beta [C] (if center), moving_mean [C],
     moving_variance [C] (the last two not trainable).
     """
@@ -68,42 +75,248 @@ class BatchNorm(Op):
         ws["moving_variance"] = WeightSpec(c, trainable=False, init="ones")
         return ws
 
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.get("activation", "none") == "none"
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        axes = tuple(range(x.ndim - 1))
+        act = a.get("activation", "none")
+        workers = workers_of(ctx)
         if ctx.training:
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mean, var = batch_moments(xp, x, workers)
             for name, batch in (("moving_mean", mean), ("moving_variance", var)):
                 w[name][...] = a.momentum * w[name] + (1 - a.momentum) * batch
         else:
             mean, var = w["moving_mean"], w["moving_variance"]
         inv = 1 / xp.sqrt(var + a.epsilon)
-        xhat = (x - mean) * inv
-        y = xhat * w["gamma"] if "gamma" in w else xhat
+        scale = w["gamma"] * inv if "gamma" in w else inv
+        shift = -mean * scale
         if "beta" in w:
-            y = y + w["beta"]
-        return y, (xhat, inv, ctx.training)
+            shift = shift + w["beta"]
+        kernel = (ctx.overrides or {}).get("batchnorm_affine", affine)
+        y = kernel(xp, x, scale.astype(x.dtype), shift.astype(x.dtype), act, workers)
+        saved = BatchNormSaved(x, mean.astype(x.dtype), inv.astype(x.dtype),
+                               y if act != "none" else None, ctx.training)  # fmt: skip
+        return y, saved
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
     ) -> Backward:
-        xhat, inv, training = saved
-        axes = tuple(range(dy.ndim - 1))
+        s: BatchNormSaved = saved
+        act = a.get("activation", "none")
+        workers = workers_of(ctx)
+        fast = ctx.overrides or {}
+        # dz: the gradient at the normalised-and-scaled value, before the activation.
+        # The generic kernels keep the masked dz for the dx pass, in dx's own buffer.
+        keep = None
+        generic = not {"batchnorm_dz_sums", "batchnorm_dx"} & set(fast)
+        if generic and act != "none" and ctx.wants_grad(0):
+            keep = xp.empty(dy.shape, dtype=dy.dtype)
+            sdz, sdzx = dz_sums(xp, dy, s, act, workers, dz_out=keep)
+        else:
+            sdz, sdzx = fast.get("batchnorm_dz_sums", dz_sums)(xp, dy, s, act, workers)
         grads = {}
         if "gamma" in w:
-            grads["gamma"] = (dy * xhat).sum(axis=axes)
+            grads["gamma"] = sdzx.astype(dy.dtype)
         if "beta" in w:
-            grads["beta"] = dy.sum(axis=axes)
+            grads["beta"] = sdz.astype(dy.dtype)
         if not ctx.wants_grad(0):
             return [None], grads
-        dxhat = dy * w["gamma"] if "gamma" in w else dy
-        if not training:  # moving statistics are constants: an affine map
-            return [dxhat * inv], grads
-        # Batch statistics depend on x: dx = inv·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat)).
-        m1 = dxhat.mean(axis=axes)
-        m2 = (dxhat * xhat).mean(axis=axes)
-        return [(dxhat - m1 - xhat * m2) * inv], grads
+        gamma = w.get("gamma", 1)
+        g = gamma * s.inv
+        if not s.training:  # moving statistics are constants: an affine map
+            coef, const = xp.zeros_like(g), xp.zeros_like(g)
+        else:
+            # dx = g·(dz − mean(dz) − xhat·mean(dz·xhat)), xhat = (x − mean)·inv,
+            # i.e. dx = g·dz + coef·x + const per channel.
+            m = dy.size // dy.shape[-1]
+            coef = -g * s.inv * (sdzx / m)
+            const = -g * (sdz / m) - coef * s.mean
+        if keep is not None:
+            dx = dx_affine(xp, dy, s, act, g, coef, const, workers, dz=keep)
+        else:
+            dx = fast.get("batchnorm_dx", dx_affine)(xp, dy, s, act, g, coef, const, workers)
+        return [dx], grads
+
+
+@dataclass
+class BatchNormSaved:
+    """batchnorm's input and statistics, its output where an activation ran in the kernel."""
+
+    x: Array
+    mean: Array
+    inv: Array
+    y: Array | None
+    training: bool
+
+
+def _rows(x: Array) -> tuple[Array, int]:
+    """x as (rows, channels) and the rows per sample."""
+    c = x.shape[-1]
+    return x.reshape(-1, c), max(1, x[0].size // c) if x.shape[0] else 1
+
+
+def _row_chunks(workers: Workers, x: Array, per_sample: int) -> list[tuple[int, int]]:
+    """Row ranges of whole samples, about chunk_bytes each."""
+    row_bytes = x.shape[-1] * x.dtype.itemsize
+    return [
+        (lo * per_sample, hi * per_sample)
+        for lo, hi in workers.batch_chunks(x.shape[0], per_sample * row_bytes, stream=True)
+    ]
+
+
+def batch_moments(xp: Any, x: Array, workers: Workers) -> tuple[Array, Array]:
+    """Per-channel mean and biased variance over every axis but the last.
+
+    One pass, shifted by the first sample's values so that
+    E[(x − x0)²] − E[x − x0]² loses little to cancellation; chunk sums
+    are added in float64 in chunk order.
+    """
+    x2, per = _rows(x)
+    chunks = _row_chunks(workers, x, per)
+    parts = xp.empty((len(chunks), 2, x2.shape[1]), dtype=xp.float64)
+    x0 = x2[0].copy() if x2.shape[0] else xp.zeros(x2.shape[1], x.dtype)
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        lo, hi = chunk
+        d = workers.scratch(xp, lane, "bn", (hi - lo, x2.shape[1]), x.dtype)
+        xp.subtract(x2[lo:hi], x0, out=d)
+        i = chunks.index(chunk)
+        parts[i, 0] = workers.colsum(xp, d)
+        xp.multiply(d, d, out=d)
+        parts[i, 1] = workers.colsum(xp, d)
+
+    workers.each(chunks, run)
+    total = parts.sum(axis=0) / max(x2.shape[0], 1)
+    shifted_mean, square = total[0], total[1]
+    var = xp.maximum(square - shifted_mean * shifted_mean, 0)
+    return (shifted_mean + x0).astype(x.dtype), var.astype(x.dtype)
+
+
+def affine(xp: Any, x: Array, scale: Array, shift: Array, act: str, workers: Workers) -> Array:
+    """y = act(x·scale + shift) per channel (act: none, relu or relu6), chunk by chunk."""
+    y = xp.empty(x.shape, dtype=x.dtype)
+    x2, per = _rows(x)
+    y2 = y.reshape(x2.shape)
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        lo, hi = chunk
+        out = y2[lo:hi]
+        xp.multiply(x2[lo:hi], scale, out=out)
+        out += shift
+        _activate_inplace(xp, act, out)
+
+    workers.each(_row_chunks(workers, x, per), run)
+    return y
+
+
+def _activate_inplace(xp: Any, act: str, out: Array) -> None:
+    if act == "relu":
+        xp.maximum(out, 0, out=out)
+    elif act == "relu6":
+        xp.clip(out, 0, 6, out=out)
+    else:
+        assert act == "none", f"batchnorm cannot fuse activation {act}"
+
+
+def _dz_chunk(
+    xp: Any,
+    workers: Workers,
+    lane: int,
+    dy2: Array,
+    y2: Array | None,
+    act: str,
+    lo: int,
+    hi: int,
+    out: Array | None = None,
+) -> Array:
+    """dz rows lo:hi: dy masked by the activation's derivative (a view of dy if none).
+
+    Written into `out` (rows lo:hi of a whole-batch buffer) if given, else scratch.
+    """
+    if y2 is None or act == "none":
+        return dy2[lo:hi]
+    shape = (hi - lo, dy2.shape[1])
+    dz = out[lo:hi] if out is not None else workers.scratch(xp, lane, "dz", shape, dy2.dtype)
+    y = y2[lo:hi]
+    mask = workers.scratch(xp, lane, "mask", shape, bool)
+    xp.greater(y, 0, out=mask)
+    if act == "relu6":  # the derivative is 1 on the open interval (0, 6)
+        below = workers.scratch(xp, lane, "below", shape, bool)
+        xp.less(y, 6, out=below)
+        mask &= below
+    xp.multiply(dy2[lo:hi], mask, out=dz)
+    return dz
+
+
+def dz_sums(
+    xp: Any,
+    dy: Array,
+    s: BatchNormSaved,
+    act: str,
+    workers: Workers,
+    dz_out: Array | None = None,
+) -> tuple[Array, Array]:
+    """(Σ dz, Σ dz·xhat) per channel, in float64; dz also into dz_out if given."""
+    dy2, per = _rows(dy)
+    x2 = s.x.reshape(dy2.shape)
+    y2 = s.y.reshape(dy2.shape) if s.y is not None else None
+    keep = dz_out.reshape(dy2.shape) if dz_out is not None else None
+    chunks = _row_chunks(workers, dy, per)
+    parts = xp.empty((len(chunks), 2, dy2.shape[1]), dtype=xp.float64)
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        lo, hi = chunk
+        i = chunks.index(chunk)
+        dz = _dz_chunk(xp, workers, lane, dy2, y2, act, lo, hi, keep)
+        parts[i, 0] = workers.colsum(xp, dz)
+        xhat = workers.scratch(xp, lane, "bn", (hi - lo, dy2.shape[1]), dy.dtype)
+        xp.subtract(x2[lo:hi], s.mean, out=xhat)
+        xhat *= s.inv
+        xhat *= dz
+        parts[i, 1] = workers.colsum(xp, xhat)
+
+    workers.each(chunks, run)
+    total = parts.sum(axis=0)
+    return total[0], total[1]
+
+
+def dx_affine(
+    xp: Any,
+    dy: Array,
+    s: BatchNormSaved,
+    act: str,
+    g: Array,
+    coef: Array,
+    const: Array,
+    workers: Workers,
+    dz: Array | None = None,
+) -> Array:
+    """dx = g·dz + coef·x + const per channel, chunk by chunk.
+
+    dz: the masked gradient `dz_sums` kept (then dx overwrites it), else formed again.
+    """
+    dy2, per = _rows(dy)
+    dx = dz if dz is not None and act != "none" else xp.empty(dy.shape, dtype=dy.dtype)
+    x2 = s.x.reshape(dy2.shape)
+    y2 = s.y.reshape(dy2.shape) if s.y is not None else None
+    dx2 = dx.reshape(dy2.shape)
+    g, coef, const = (v.astype(dy.dtype) for v in (g, coef, const))
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        lo, hi = chunk
+        out = dx2[lo:hi]
+        if dx is dz:  # out holds dz already
+            out *= g
+        else:
+            xp.multiply(_dz_chunk(xp, workers, lane, dy2, y2, act, lo, hi), g, out=out)
+        tmp = workers.scratch(xp, lane, "bn", (hi - lo, dy2.shape[1]), dy.dtype)
+        xp.multiply(x2[lo:hi], coef, out=tmp)
+        out += tmp
+        out += const
+
+    workers.each(_row_chunks(workers, dy, per), run)
+    return dx
 
 
 def window_sum(xp: Any, t: Array, r: int) -> Array:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnndsl.ops.conv import batch_geometry, fmt_pair, geometry, pad2d, tap, unpad2d
+from cnndsl.ops.conv import batch_geometry, fmt_pair, geometry
+from cnndsl.ops.conv_kernels import NOPAD, geometry_of, pad2d, padded_chunk, tap, unpad2d
 from cnndsl.ops.registry import (
     REQUIRED,
     WHOLE,
@@ -31,6 +32,7 @@ from cnndsl.ops.registry import (
     register,
     spatial,
 )
+from cnndsl.ops.workers import workers_of
 
 Weights = dict[str, Array]
 Forward = tuple[Array, Any]
@@ -96,28 +98,83 @@ class MaxPool(WindowPool):
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         p, out = batch_geometry(x, a, a.size, NODIL)
-        xpad = pad2d(xp, x, p, -float("inf"))
-        y = idx = None
-        for k, (u, v) in enumerate(self.offsets(a)):
-            t = tap(xpad, u, v, a.stride, NODIL, out)
-            if y is None:
-                y, idx = t.copy(), xp.zeros(t.shape, dtype=xp.int32)
-                continue
-            better = t > y  # strict: the first maximum keeps the gradient
-            y = xp.where(better, t, y)
-            idx = xp.where(better, k, idx)
-        return y, (idx, xpad.shape, p, out)
+        geo = geometry_of(x.shape[1:], a.size, a.stride, NODIL, p)
+        y = xp.empty((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
+        offsets = self.offsets(a)
+        workers = workers_of(ctx)
+
+        def run(lane: int, chunk: tuple[int, int]) -> None:
+            n0, n1 = chunk
+            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, p, -float("inf"))
+            taps = [tap(src, u, v, a.stride, NODIL, out) for u, v in offsets]
+            if len(taps) == 1:
+                y[n0:n1] = taps[0]
+                return
+            xp.maximum(taps[0], taps[1], out=y[n0:n1])
+            for t in taps[2:]:
+                xp.maximum(y[n0:n1], t, out=y[n0:n1])
+
+        workers.each(_pool_chunks(workers, x, geo), run)
+        # NOTE: x and y are alive anyway (the producer's and the next layer's
+        # saved values, usually), so saving them costs less than an argmax array.
+        return y, (x, y, geo)
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
     ) -> Backward:
         if not ctx.wants_grad(0):
             return [None], {}
-        idx, padded_shape, p, out = saved
-        dxpad = xp.zeros(padded_shape, dtype=dy.dtype)
-        for k, (u, v) in enumerate(self.offsets(a)):
-            tap(dxpad, u, v, a.stride, NODIL, out)[...] += xp.where(idx == k, dy, 0)
-        return [unpad2d(dxpad, p)], {}
+        x, y, geo = saved
+        out = geo.out
+        dx = xp.empty(x.shape, dtype=dy.dtype)
+        offsets = self.offsets(a)
+        workers = workers_of(ctx)
+        p = geo.pads
+        # Windows that tile the padded input exactly (2×2/2 on an even map, say).
+        tiled = a.size == a.stride and geo.padded == (out[0] * a.stride[0], out[1] * a.stride[1])
+
+        def run(lane: int, chunk: tuple[int, int]) -> None:
+            n0, n1 = chunk
+            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, p, -float("inf"))
+            hp, wp = geo.padded
+            nb, c = n1 - n0, x.shape[3]
+            target = (
+                dx[n0:n1] if p == NOPAD
+                else workers.scratch(xp, lane, "dxpad", (nb, hp, wp, c), dy.dtype)
+            )  # fmt: skip
+            if not tiled:
+                target[...] = 0
+            shape = (nb, *out, c)
+            hit = workers.scratch(xp, lane, "hit", shape, bool)
+            taken = workers.scratch(xp, lane, "taken", shape, bool)
+            val = workers.scratch(xp, lane, "val", shape, dy.dtype)
+            yc, d = y[n0:n1], dy[n0:n1]
+            for k, (u, v) in enumerate(offsets):
+                # The first maximum in row-major order takes the gradient.
+                xp.equal(tap(src, u, v, a.stride, NODIL, out), yc, out=hit)
+                if k:
+                    xp.greater(hit, taken, out=hit)  # hit and not taken
+                if k == 0:
+                    xp.copyto(taken, hit)
+                elif k < len(offsets) - 1:
+                    xp.logical_or(taken, hit, out=taken)
+                spot = tap(target, u, v, a.stride, NODIL, out)
+                if tiled:  # every input pixel in exactly one window: write, don't add
+                    xp.multiply(d, hit, out=spot)
+                else:
+                    xp.multiply(d, hit, out=val)
+                    spot += val
+            if p != NOPAD:
+                dx[n0:n1] = unpad2d(target, p)
+
+        workers.each(_pool_chunks(workers, x, geo), run)
+        return [dx], {}
+
+
+def _pool_chunks(workers: Any, x: Array, geo: Any) -> list[tuple[int, int]]:
+    hp, wp = geo.padded
+    per_sample = (hp * wp + 4 * geo.out[0] * geo.out[1]) * x.shape[3] * x.dtype.itemsize
+    return workers.batch_chunks(x.shape[0], per_sample, stream=True)
 
 
 @register
@@ -146,6 +203,9 @@ class AvgPool(WindowPool):
             mask[:, p[0][0] : p[0][0] + x.shape[1], p[1][0] : p[1][0] + x.shape[2]] = 1
             count = sum(tap(mask, u, v, a.stride, NODIL, out) for u, v in self.offsets(a))
         return total / count, (count, xpad.shape, p, out)
+
+    def fresh_output(self, a: Attrs) -> bool:
+        return True
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context

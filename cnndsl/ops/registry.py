@@ -305,8 +305,10 @@ class Context:
     training: batch statistics, dropout on. rng: an xp-compatible random
     generator (numpy.random.Generator or cupy's). needs_input_grad: per
     input, whether backward must compute it (False for the network's
-    image input, saving the first layer's col2im). overrides: backend
-    kernels that replace a generic one, keyed by name.
+    image input, saving the first layer's input gradient). overrides: backend
+    kernels that replace a generic one, keyed by name. workers: how kernels
+    spread chunked work and keep scratch buffers (None: serially, shared
+    scratch; see `cnndsl.ops.workers`).
     """
 
     training: bool = False
@@ -314,6 +316,7 @@ class Context:
     needs_input_grad: tuple[bool, ...] = ()
     overrides: Mapping[str, Callable[..., Any]] | None = None
     cache: dict[str, Any] | None = None
+    workers: Any = None
 
     def wants_grad(self, i: int) -> bool:
         """Whether backward must produce the gradient of input i."""
@@ -389,6 +392,24 @@ class Op:
     def window(self, a: Attrs, *xs: Shape) -> Window:
         """Receptive-field step of this layer."""
         return POINTWISE
+
+    def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
+        """Kernel choices fixed at lowering from the shapes, merged into the step's attrs.
+
+        E.g. conv's input-gradient variant. Attributes set here are not part of
+        the language (bind rejects them); forward/backward read them with
+        `a.get(name)` and fall back to the same choice when called directly.
+        """
+        return {}
+
+    def fresh_output(self, a: Attrs) -> bool:
+        """Whether forward returns a new array that nothing else references.
+
+        Not a view of an input, not kept in the saved value. Lowering lets a
+        following activation overwrite such an output in place; anything else
+        (the default) could corrupt an input or what backward reads.
+        """
+        return False
 
     def forward(
         self, xp: Any, a: Attrs, xs: list[Array], w: dict[str, Array], ctx: Context

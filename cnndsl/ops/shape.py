@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cnndsl.ops.conv import pad2d, unpad2d
+from cnndsl.ops.conv_kernels import pad2d, unpad2d
 from cnndsl.ops.registry import (
     REQUIRED,
     Anything,
@@ -26,6 +26,7 @@ from cnndsl.ops.registry import (
     show,
     spatial,
 )
+from cnndsl.ops.workers import elementwise
 
 Weights = dict[str, Array]
 Forward = tuple[Array, Any]
@@ -191,7 +192,10 @@ class Concat(Op):
 
 @register
 class Add(Op):
-    """add: y = x1 + x2 + ... of equal shapes (the residual connection, `a + b`)."""
+    """add: y = x1 + x2 + ... of equal shapes (the residual connection, `a + b`).
+
+    Lowering may add activation=relu when a relu is the sum's only reader.
+    """
 
     name = "add"
     arity = (2, None)
@@ -202,18 +206,38 @@ class Add(Op):
         return tuple(xs[0])
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
-        y = xs[0] + xs[1]
-        for x in xs[2:]:
-            y += x
-        return y, len(xs)
+        first, second, rest = xs[0], xs[1], xs[2:]
+        relu = a.get("activation") == "relu"  # set by lowering (relu(a + b) in ResNets)
+        y = xp.empty(first.shape, dtype=xp.result_type(first, second))
+
+        def run(lo: int, hi: int) -> None:
+            out = y[lo:hi]
+            xp.add(first[lo:hi], second[lo:hi], out=out)
+            for x in rest:
+                out += x[lo:hi]
+            if relu:
+                xp.maximum(out, 0, out=out)
+
+        elementwise(xp, ctx, run, y)
+        return y, (len(xs), y if relu else None)
+
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.get("activation", "none") == "none"
 
     def backward(
         self, xp: Any, a: Attrs, saved: Any, dy: Array, w: Weights, ctx: Context
     ) -> Backward:
+        count, y = saved
+        if y is not None:  # a fused relu: dz = dy·(y > 0)
+            dz = xp.empty_like(dy)
+            elementwise(
+                xp, ctx, lambda lo, hi: xp.multiply(dy[lo:hi], y[lo:hi] > 0, out=dz[lo:hi]), dy
+            )
+            dy = dz
         # Each input gets its own array, so a caller accumulating in place cannot
         # change another input's gradient through an alias.
         return [(dy if i == 0 else dy.copy()) if ctx.wants_grad(i) else None
-                for i in range(saved)], {}  # fmt: skip
+                for i in range(count)], {}  # fmt: skip
 
 
 def broadcast(shapes: tuple[Shape, ...]) -> Shape | None:

@@ -1,0 +1,448 @@
+"""Convolution kernels: chunked im2col + GEMM (depthwise: `depthwise_kernels`).
+
+The op classes in `cnndsl.ops.conv` define what conv, depthwise_conv and
+separable_conv mean; this module holds how they run. Arrays are NHWC
+batches; kernels are Keras-shaped [fh, fw, c_in, c_out].
+
+conv2d (groups = 1) works through chunks of whole samples (`Workers`):
+
+- forward: copy a chunk's patches into a reused column buffer
+  (nb·oh·ow, fh·fw·c) and multiply by the kernel (fh·fw·c, f) straight
+  into the output; bias and a fused relu are applied while the chunk is
+  hot. A 1×1 convolution multiplies the pixels directly, without columns.
+- backward: the same chunks rebuild their columns (nothing but the input
+  is kept from the forward pass) for dW = colsᵀ·dz, written one partial
+  per chunk and summed in chunk order (the same bits for any lane count).
+  The input gradient is one of two variants, chosen at lowering from the
+  layer's shape (`input_grad_method`):
+    "full":   stride 1 only: dx is the correlation of the zero-padded dz
+              with the flipped, transposed kernel: columns of dz, one GEMM.
+    "col2im": dcols = dz·Wᵀ, then each kernel offset scatter-adds its
+              slice onto the (padded) input: any stride and dilation.
+  The first layer of a network computes no input gradient at all.
+
+Grouped convolutions (groups > 1) take the plain whole-batch path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cnndsl.ops.registry import Array
+from cnndsl.ops.workers import Workers
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+NOPAD: Pads = ((0, 0), (0, 0))
+GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partials few
+
+
+# ---- window geometry on arrays ----
+
+
+def pad2d(xp: Any, x: Array, p: Pads, value: float = 0.0) -> Array:
+    """Pad the two spatial axes of an (N, h, w, c) batch; a contiguous array either way."""
+    if p == NOPAD:
+        return xp.ascontiguousarray(x)
+    return xp.pad(x, ((0, 0), p[0], p[1], (0, 0)), mode="constant", constant_values=value)
+
+
+def tap(
+    x: Array,
+    u: int,
+    v: int,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out: tuple[int, int],
+) -> Array:
+    """The (N, oh, ow, c) view of padded x that kernel offset (u, v) meets at every output."""
+    i, j = u * dilation[0], v * dilation[1]
+    return x[:, i : i + stride[0] * (out[0] - 1) + 1 : stride[0],
+             j : j + stride[1] * (out[1] - 1) + 1 : stride[1]]  # fmt: skip
+
+
+def unpad2d(x: Array, p: Pads) -> Array:
+    """Crop the padding that pad2d added."""
+    (t, b), (l, r) = p
+    return x[:, t : x.shape[1] - b, l : x.shape[2] - r]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The window arithmetic of one convolution on (h, w, c) samples."""
+
+    size: tuple[int, int]
+    channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pads: Pads
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        (t, b), (l, r) = self.pads
+        return self.size[0] + t + b, self.size[1] + l + r
+
+    @property
+    def effective(self) -> tuple[int, int]:
+        return (
+            self.dilation[0] * (self.kernel[0] - 1) + 1,
+            self.dilation[1] * (self.kernel[1] - 1) + 1,
+        )
+
+    @property
+    def out(self) -> tuple[int, int]:
+        (hp, wp), (eh, ew) = self.padded, self.effective
+        return (hp - eh) // self.stride[0] + 1, (wp - ew) // self.stride[1] + 1
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1×1 kernel without padding: a matmul over the pixels it visits."""
+        return self.kernel == (1, 1) and self.pads == NOPAD
+
+    @property
+    def columns(self) -> int:
+        """Length of one im2col row: fh·fw·c."""
+        return self.kernel[0] * self.kernel[1] * self.channels
+
+    def transposed(self, filters: int) -> Geometry | None:
+        """The stride-1 correlation that maps dz back to dx, or None where there is none."""
+        if self.stride != (1, 1):
+            return None
+        eh, ew = self.effective
+        (t, b), (l, r) = self.pads
+        pads = ((eh - 1 - t, eh - 1 - b), (ew - 1 - l, ew - 1 - r))
+        if min(pads[0] + pads[1]) < 0:
+            return None
+        geo = Geometry(self.out, filters, self.kernel, (1, 1), self.dilation, pads)
+        return geo if geo.out == self.size else None
+
+
+def geometry_of(
+    x_shape: Sequence[int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pads: Pads,
+) -> Geometry:
+    """Geometry for samples of shape (h, w, c) (a batch shape's last three axes)."""
+    h, w, c = x_shape[-3:]
+    return Geometry((h, w), c, kernel, stride, dilation, pads)
+
+
+def input_grad_method(geo: Geometry, filters: int) -> str:
+    """How conv2d's backward computes dx for this shape: "full" or "col2im".
+
+    Both cost the same GEMM flops. "full" copies fh·fw·f values per input
+    pixel into columns of dz; "col2im" writes fh·fw·c values of dcols per
+    output pixel and adds them back in fh·fw strided passes, and its GEMM has
+    the short inner dimension f (slow in BLAS). "full" needs stride 1.
+    """
+    if geo.pointwise:
+        return "gemm"
+    if geo.transposed(filters) is None:
+        return "col2im"
+    # NOTE: measured on the benchmark networks' layers (benchmarks/RESULTS.md):
+    # "full" is up to 25% faster where f <= c on maps of 7×7 and more (every
+    # stride-1 ResNet conv); where f = 2c the two tie, and on 4×4 maps (dz's
+    # columns there are mostly padding) col2im is faster.
+    big = geo.out[0] * geo.out[1] >= 36
+    return "full" if filters <= geo.channels and big else "col2im"
+
+
+# ---- im2col into scratch ----
+
+
+def padded_chunk(
+    xp: Any,
+    workers: Workers,
+    lane: int,
+    name: str,
+    x: Array,
+    n0: int,
+    n1: int,
+    p: Pads,
+    value: float = 0.0,
+) -> Array:
+    """Samples n0:n1 of x padded with `value`, in a reused buffer (x itself if p is zero)."""
+    if p == NOPAD:
+        return x[n0:n1]
+    (t, b), (l, r) = p
+    nb, h, w, c = n1 - n0, x.shape[1], x.shape[2], x.shape[3]
+    buf = workers.scratch(xp, lane, name, (nb, h + t + b, w + l + r, c), x.dtype)
+    buf[:, :t] = value
+    buf[:, t + h :] = value
+    buf[:, t : t + h, :l] = value
+    buf[:, t : t + h, l + w :] = value
+    buf[:, t : t + h, l : l + w] = x[n0:n1]
+    return buf
+
+
+def columns(xp: Any, workers: Workers, lane: int, name: str, src: Array, geo: Geometry) -> Array:
+    """im2col of padded samples src (nb, hp, wp, c): (nb·oh·ow, fh·fw·c) in a reused buffer."""
+    nb, _, _, c = src.shape
+    (oh, ow), (fh, fw) = geo.out, geo.kernel
+    sn, sh, sw, sc = src.strides
+    view = xp.lib.stride_tricks.as_strided(
+        src,
+        shape=(nb, oh, ow, fh, fw, c),
+        strides=(
+            sn,
+            sh * geo.stride[0],
+            sw * geo.stride[1],
+            sh * geo.dilation[0],
+            sw * geo.dilation[1],
+            sc,
+        ),
+    )
+    cols = workers.scratch(xp, lane, name, (nb, oh, ow, fh, fw, c), src.dtype)
+    xp.copyto(cols, view)
+    return cols.reshape(nb * oh * ow, fh * fw * c)
+
+
+def _pointwise_rows(
+    xp: Any, workers: Workers, lane: int, x: Array, n0: int, n1: int, geo: Geometry
+) -> Array:
+    """The pixels a 1×1 conv visits in samples n0:n1, as (pixels, c) rows."""
+    c = x.shape[3]
+    if geo.stride == (1, 1):
+        return x[n0:n1].reshape(-1, c)
+    sub = x[n0:n1, :: geo.stride[0], :: geo.stride[1]][:, : geo.out[0], : geo.out[1]]
+    buf = workers.scratch(xp, lane, "pointwise", sub.shape, x.dtype)
+    xp.copyto(buf, sub)
+    return buf.reshape(-1, c)
+
+
+def _chunks(workers: Workers, n: int, geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
+    """Chunks of whole samples, each with at least GEMM_ROWS output pixels where possible."""
+    pixels = geo.out[0] * geo.out[1]
+    per_sample = pixels * max(geo.columns, 1) * itemsize
+    chunks = workers.batch_chunks(n, per_sample)
+    size = chunks[0][1] - chunks[0][0] if chunks else 1
+    least = -(-GEMM_ROWS // max(pixels, 1))
+    if size < least:
+        size = min(n, least)
+        chunks = [(lo, min(n, lo + size)) for lo in range(0, n, size)]
+    return chunks
+
+
+# ---- conv2d forward and backward ----
+
+
+def conv2d_forward(
+    xp: Any,
+    x: Array,
+    kernel: Array,
+    bias: Array | None,
+    geo: Geometry,
+    relu: bool,
+    workers: Workers,
+) -> Array:
+    """z = x ⋆ kernel (+ bias, then relu if asked) for groups = 1; a fresh (N, oh, ow, f) array."""
+    n = x.shape[0]
+    fh, fw, c, f = kernel.shape
+    oh, ow = geo.out
+    z = xp.empty((n, oh, ow, f), dtype=xp.result_type(x, kernel))
+    z2 = z.reshape(-1, f)
+    wmat = kernel.reshape(fh * fw * c, f)
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        n0, n1 = chunk
+        if geo.pointwise:
+            a = _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
+        else:
+            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
+            a = columns(xp, workers, lane, "cols", src, geo)
+        out = z2[n0 * oh * ow : n1 * oh * ow]
+        xp.matmul(a, wmat, out=out)
+        if bias is not None:
+            out += bias
+        if relu:
+            xp.maximum(out, 0, out=out)
+
+    workers.each(_chunks(workers, n, geo, x.dtype.itemsize), run)
+    return z
+
+
+def conv2d_backward(
+    xp: Any,
+    x: Array,
+    dy: Array,
+    kernel: Array,
+    geo: Geometry,
+    *,
+    want_dx: bool,
+    want_db: bool,
+    method: str,
+    relu_out: Array | None,
+    workers: Workers,
+) -> tuple[Array | None, Array, Array | None]:
+    """(dx or None, dkernel, dbias or None) of conv2d_forward for groups = 1.
+
+    relu_out: the forward output when a relu was fused; then dz = dy·(y > 0)
+    is formed chunk by chunk instead of as a whole-batch array. method is
+    input_grad_method's choice ("gemm" for 1×1 convs).
+    """
+    n = x.shape[0]
+    fh, fw, c, f = kernel.shape
+    oh, ow = geo.out
+    k = fh * fw * c
+    dtype = xp.result_type(x, dy, kernel)
+    wmat = kernel.reshape(k, f)
+    dy2 = dy.reshape(-1, f)
+    y2 = relu_out.reshape(-1, f) if relu_out is not None else None
+    chunks = _chunks(workers, n, geo, x.dtype.itemsize)
+    # One partial per chunk, summed in chunk order below (lane -1: shared, one per chunk).
+    dk_parts = workers.scratch(xp, -1, "dk_parts", (len(chunks), k, f), dtype)
+    db_parts = workers.scratch(xp, -1, "db_parts", (len(chunks), f), dtype) if want_db else None
+    dx = xp.empty(x.shape, dtype=dtype) if want_dx else None
+    full = geo.transposed(f) if method == "full" else None
+    wfull = None
+    if want_dx and method == "full":
+        assert full is not None, "the 'full' input gradient needs stride 1"
+        # dx = dz ⋆ W', W'[u, v, f, c] = W[fh−1−u, fw−1−v, c, f]
+        wfull = xp.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(-1, c)
+    index = {chunk: i for i, chunk in enumerate(chunks)}
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        n0, n1 = chunk
+        i = index[chunk]
+        rows = slice(n0 * oh * ow, n1 * oh * ow)
+        if y2 is not None:
+            dz = workers.scratch(xp, lane, "dz", (rows.stop - rows.start, f), dtype)
+            xp.multiply(dy2[rows], y2[rows] > 0, out=dz)
+        else:
+            dz = dy2[rows]
+        if geo.pointwise:
+            a = _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
+        else:
+            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
+            a = columns(xp, workers, lane, "cols", src, geo)
+        xp.matmul(a.T, dz, out=dk_parts[i])
+        if db_parts is not None:
+            workers.colsum(xp, dz, out=db_parts[i])
+        if dx is None:
+            return
+        if geo.pointwise:
+            _pointwise_dx(xp, dz, wmat, dx, n0, n1, geo)
+        elif full is not None and wfull is not None:
+            dzpad = padded_chunk(
+                xp, workers, lane, "dzpad", dz.reshape(n1 - n0, oh, ow, f), 0, n1 - n0, full.pads
+            )
+            dcols = columns(xp, workers, lane, "cols", dzpad, full)
+            xp.matmul(dcols, wfull, out=dx[n0:n1].reshape(-1, c))
+        else:
+            _col2im_chunk(xp, workers, lane, dz, wmat, dx, n0, n1, geo)
+
+    workers.each(chunks, run)
+    dk = dk_parts.sum(axis=0)  # a fresh array: the partials stay in scratch
+    db = db_parts.sum(axis=0) if db_parts is not None else None
+    return dx, dk.reshape(kernel.shape), db
+
+
+def _pointwise_dx(
+    xp: Any, dz: Array, wmat: Array, dx: Array, n0: int, n1: int, geo: Geometry
+) -> None:
+    c = dx.shape[3]
+    if geo.stride == (1, 1):
+        xp.matmul(dz, wmat.T, out=dx[n0:n1].reshape(-1, c))
+        return
+    part = dx[n0:n1]
+    part[...] = 0
+    oh, ow = geo.out
+    target = part[:, : oh * geo.stride[0] : geo.stride[0], : ow * geo.stride[1] : geo.stride[1]]
+    target[...] = (dz @ wmat.T).reshape(n1 - n0, oh, ow, c)
+
+
+def _col2im_chunk(
+    xp: Any,
+    workers: Workers,
+    lane: int,
+    dz: Array,
+    wmat: Array,
+    dx: Array,
+    n0: int,
+    n1: int,
+    geo: Geometry,
+) -> None:
+    """dx[n0:n1] from dcols = dz·Wᵀ, scatter-added one kernel offset at a time."""
+    nb, (oh, ow), (fh, fw) = n1 - n0, geo.out, geo.kernel
+    c = dx.shape[3]
+    dcols = workers.scratch(xp, lane, "cols", (nb * oh * ow, fh * fw * c), dx.dtype)
+    xp.matmul(dz, wmat.T, out=dcols)
+    d6 = dcols.reshape(nb, oh, ow, fh, fw, c)
+    if geo.pads == NOPAD:
+        target = dx[n0:n1]
+    else:
+        hp, wp = geo.padded
+        target = workers.scratch(xp, lane, "dxpad", (nb, hp, wp, c), dx.dtype)
+    target[...] = 0
+    for u in range(fh):
+        for v in range(fw):
+            tap(target, u, v, geo.stride, geo.dilation, geo.out)[...] += d6[:, :, :, u, v]
+    if geo.pads != NOPAD:
+        dx[n0:n1] = unpad2d(target, geo.pads)
+
+
+# ---- grouped conv2d: whole-batch im2col, one GEMM per group ----
+
+
+def grouped_conv2d(
+    xp: Any, x: Array, kernel: Array, geo: Geometry, groups: int
+) -> tuple[Array, Array]:
+    """(z, padded x) of a grouped conv: one im2col view, one GEMM per group."""
+    fh, fw, cin_g, f = kernel.shape
+    n = x.shape[0]
+    xpad = pad2d(xp, x, geo.pads)
+    view = _im2col_view(xp, xpad, geo)
+    f_g = f // groups
+    zs = []
+    for g in range(groups):
+        cols = view[..., g * cin_g : (g + 1) * cin_g].reshape(-1, fh * fw * cin_g)
+        zs.append(cols @ kernel[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g))
+    return xp.concatenate(zs, axis=1).reshape(n, *geo.out, f), xpad
+
+
+def grouped_conv2d_backward(
+    xp: Any, xpad: Array, dz: Array, kernel: Array, geo: Geometry, groups: int, want_dx: bool
+) -> tuple[Array | None, Array]:
+    """(dx or None, dkernel) of grouped_conv2d: dW = colsᵀ·dz, dcols = dz·Wᵀ, col2im."""
+    fh, fw, cin_g, f = kernel.shape
+    view = _im2col_view(xp, xpad, geo)
+    f_g = f // groups
+    dks, dcols = [], []
+    for g in range(groups):
+        cols = view[..., g * cin_g : (g + 1) * cin_g].reshape(-1, fh * fw * cin_g)
+        dz_g = dz[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
+        dks.append((cols.T @ dz_g).reshape(fh, fw, cin_g, f_g))
+        if want_dx:
+            w_g = kernel[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
+            dcols.append((dz_g @ w_g.T).reshape(*view.shape[:5], cin_g))
+    dk = xp.concatenate(dks, axis=3)
+    if not want_dx:
+        return None, dk
+    dcol = xp.concatenate(dcols, axis=5)
+    dxpad = xp.zeros(xpad.shape, dtype=dcol.dtype)
+    for u in range(fh):
+        for v in range(fw):
+            tap(dxpad, u, v, geo.stride, geo.dilation, geo.out)[...] += dcol[:, :, :, u, v]
+    return unpad2d(dxpad, geo.pads), dk
+
+
+def _im2col_view(xp: Any, xpad: Array, geo: Geometry) -> Array:
+    """Strided view (N, oh, ow, fh, fw, c) of padded x: patch (i, j) of every output."""
+    n, _, _, c = xpad.shape
+    sn, sh, sw, sc = xpad.strides
+    return xp.lib.stride_tricks.as_strided(
+        xpad,
+        shape=(n, *geo.out, *geo.kernel, c),
+        strides=(
+            sn,
+            sh * geo.stride[0],
+            sw * geo.stride[1],
+            sh * geo.dilation[0],
+            sw * geo.dilation[1],
+            sc,
+        ),
+    )

@@ -1,0 +1,299 @@
+"""Kernel variants against each other: every fast path equals the plain one it replaces.
+
+float64 throughout, tight tolerances. The plain references are the whole-batch
+grouped im2col kernel (groups=1) and batchnorm/relu written as unfused NumPy.
+Chunking and threads must not change a single bit: the threaded workers and the
+serial ones, one chunk or many, give identical results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnndsl.backends.numpy_backend import ThreadWorkers
+from cnndsl.ops import OPS
+from cnndsl.ops.conv_kernels import (
+    conv2d_backward,
+    conv2d_forward,
+    geometry_of,
+    grouped_conv2d,
+    grouped_conv2d_backward,
+    input_grad_method,
+)
+from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
+from cnndsl.ops.registry import Context, same_padding
+from cnndsl.ops.workers import Workers
+
+TIGHT = {"rtol": 1e-12, "atol": 1e-12}
+
+# (input h, w, c; filters; kernel; stride; dilation; pads ((top, bottom), (left, right)))
+CONVS = [
+    ((6, 6, 3), 4, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),  # same, "full"
+    ((7, 5, 2), 3, (3, 3), (2, 2), (1, 1), ((1, 1), (0, 1))),  # same /2, extra pixel after
+    ((6, 6, 2), 5, (3, 2), (1, 1), (2, 1), ((2, 2), (0, 1))),  # dilated, rectangular
+    ((5, 5, 4), 9, (3, 3), (1, 1), (1, 1), ((0, 0), (0, 0))),  # valid, f > 2c: col2im
+    ((6, 6, 3), 4, (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0))),  # 1×1: a GEMM
+    ((7, 7, 3), 4, (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0))),  # strided 1×1
+    ((5, 5, 2), 3, (1, 1), (1, 1), (1, 1), ((1, 1), (1, 1))),  # padded 1×1: im2col
+]
+
+
+def small_chunks() -> Workers:
+    """Serial workers whose chunks hold one sample each (many chunks, many partials)."""
+    return Workers(chunk_bytes=1)
+
+
+def conv_case(i: int, n: int = 5) -> tuple[Any, ...]:
+    shape, f, k, s, d, p = CONVS[i]
+    rng = np.random.default_rng(i)
+    x = rng.normal(size=(n, *shape))
+    kernel = rng.normal(size=(*k, shape[2], f))
+    geo = geometry_of(shape, k, s, d, p)
+    dz = rng.normal(size=(n, *geo.out, f))
+    return x, kernel, geo, dz
+
+
+@pytest.mark.parametrize("i", range(len(CONVS)))
+@pytest.mark.parametrize("workers", [Workers(), small_chunks(), ThreadWorkers(2)])
+def test_conv2d_forward_matches_whole_batch_im2col(i: int, workers: Workers) -> None:
+    x, kernel, geo, _ = conv_case(i)
+    bias = np.linspace(-1, 1, kernel.shape[3])
+    want, _ = grouped_conv2d(np, x, kernel, geo, 1)
+    got = conv2d_forward(np, x, kernel, bias, geo, False, workers)
+    np.testing.assert_allclose(got, want + bias, **TIGHT)
+    relu = conv2d_forward(np, x, kernel, bias, geo, True, workers)
+    np.testing.assert_allclose(relu, np.maximum(want + bias, 0), **TIGHT)
+
+
+@pytest.mark.parametrize("i", range(len(CONVS)))
+@pytest.mark.parametrize("method", ["full", "col2im", "gemm"])
+def test_conv2d_input_gradient_variants_agree(i: int, method: str) -> None:
+    x, kernel, geo, dz = conv_case(i)
+    if method == "full" and geo.transposed(kernel.shape[3]) is None:
+        pytest.skip("the full-convolution variant needs stride 1")
+    if (method == "gemm") != geo.pointwise:
+        pytest.skip("the GEMM variant is the 1×1 kernels' only one")
+    _, xpad = grouped_conv2d(np, x, kernel, geo, 1)
+    want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, kernel, geo, 1, True)
+    for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
+        dx, dk, db = conv2d_backward(
+            np, x, dz, kernel, geo, want_dx=True, want_db=True, method=method,
+            relu_out=None, workers=workers,
+        )  # fmt: skip
+        np.testing.assert_allclose(dx, want_dx, **TIGHT)
+        np.testing.assert_allclose(dk, want_dk, **TIGHT)
+        np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), **TIGHT)
+
+
+@pytest.mark.parametrize("i", range(len(CONVS)))
+def test_conv2d_fused_relu_backward_equals_masking_first(i: int) -> None:
+    x, kernel, geo, dy = conv_case(i)
+    y = conv2d_forward(np, x, kernel, None, geo, True, Workers())
+    method = input_grad_method(geo, kernel.shape[3])
+    kw = {"want_dx": True, "want_db": True, "method": method, "workers": small_chunks()}
+    fused = conv2d_backward(np, x, dy, kernel, geo, relu_out=y, **kw)
+    plain = conv2d_backward(np, x, dy * (y > 0), kernel, geo, relu_out=None, **kw)
+    for a, b in zip(fused, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("i", range(len(CONVS)))
+def test_threads_and_chunks_do_not_change_a_bit(i: int) -> None:
+    """The threaded workers give the serial workers' exact bits (float32, as trained)."""
+    x, kernel, geo, dz = (a.astype(np.float32) if hasattr(a, "astype") else a for a in conv_case(i))
+    method = input_grad_method(geo, kernel.shape[3])
+    results = []
+    for workers in (Workers(chunk_bytes=1 << 10), ThreadWorkers(2), ThreadWorkers(3)):
+        workers.chunk_bytes = 1 << 10
+        y = conv2d_forward(np, x, kernel, None, geo, True, workers)
+        grads = conv2d_backward(
+            np, x, dz, kernel, geo, want_dx=True, want_db=True, method=method,
+            relu_out=y, workers=workers,
+        )  # fmt: skip
+        results.append((y, *grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_first_layer_skips_its_input_gradient() -> None:
+    x, kernel, geo, dz = conv_case(0)
+    dx, dk, db = conv2d_backward(
+        np, x, dz, kernel, geo, want_dx=False, want_db=False, method="full",
+        relu_out=None, workers=Workers(),
+    )  # fmt: skip
+    assert dx is None and db is None and dk.shape == kernel.shape
+
+
+def test_input_gradient_method_by_shape() -> None:
+    """Chosen from the shape alone: 'full' needs stride 1, f <= c and a map of 6×6 or more."""
+
+    def method(shape: Any, kernel: int, stride: int, filters: int) -> str:
+        p = kernel // 2 if stride == 1 else 0
+        geo = geometry_of(shape, (kernel, kernel), (stride, stride), (1, 1), ((p, p), (p, p)))
+        return input_grad_method(geo, filters)
+
+    assert method((32, 32, 64), 3, 1, 64) == "full"
+    assert method((7, 7, 256), 3, 1, 256) == "full"
+    assert method((8, 8, 64), 3, 2, 128) == "col2im"
+    assert method((14, 14, 64), 3, 1, 128) == "col2im"
+    assert method((4, 4, 512), 3, 1, 512) == "col2im"
+    assert method((8, 8, 16), 1, 2, 64) == "gemm"
+
+
+# ---- depthwise ----
+
+
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize(
+    ("stride", "pads"), [((1, 1), ((1, 1), (1, 1))), ((2, 2), ((0, 1), (0, 1)))]
+)
+def test_depthwise_chunks_and_threads_match_one_chunk(m: int, stride: Any, pads: Any) -> None:
+    rng = np.random.default_rng(m)
+    x = rng.normal(size=(5, 7, 7, 3))
+    kernel = rng.normal(size=(3, 3, 3, m))
+    geo = geometry_of(x.shape[1:], (3, 3), stride, (1, 1), pads)
+    dz = rng.normal(size=(5, *geo.out, 3 * m))
+    # Reference: the depthwise conv as a grouped conv with one group per channel.
+    grouped = kernel.reshape(3, 3, 1, 3 * m)
+    want, xpad = grouped_conv2d(np, x, grouped, geo, 3)
+    want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, grouped, geo, 3, True)
+    for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
+        z = depthwise2d_forward(np, x, kernel, geo, workers)
+        np.testing.assert_allclose(z, want, **TIGHT)
+        dx, dk = depthwise2d_backward(np, x, dz, kernel, geo, True, workers)
+        np.testing.assert_allclose(dx, want_dx, **TIGHT)
+        np.testing.assert_allclose(dk.reshape(grouped.shape), want_dk, **TIGHT)
+
+
+# ---- batchnorm with a fused activation, maxpool, relu ----
+
+
+def bn_reference(
+    x: np.ndarray, w: dict[str, np.ndarray], dy: np.ndarray, act: str, training: bool
+) -> tuple[np.ndarray, ...]:
+    """Unfused batchnorm then activation, and their gradients, written out plainly."""
+    axes = tuple(range(x.ndim - 1))
+    eps = 1e-3
+    mean = x.mean(axis=axes) if training else w["moving_mean"]
+    var = x.var(axis=axes) if training else w["moving_variance"]
+    xhat = (x - mean) / np.sqrt(var + eps)
+    z = w["gamma"] * xhat + w["beta"]
+    y = {"none": z, "relu": np.maximum(z, 0), "relu6": np.clip(z, 0, 6)}[act]
+    mask = {"none": 1.0, "relu": z > 0, "relu6": (z > 0) & (z < 6)}[act]
+    dz = dy * mask
+    dgamma, dbeta = (dz * xhat).sum(axis=axes), dz.sum(axis=axes)
+    dxhat = dz * w["gamma"]
+    inv = 1 / np.sqrt(var + eps)
+    if training:
+        dx = inv * (dxhat - dxhat.mean(axis=axes) - xhat * (dxhat * xhat).mean(axis=axes))
+    else:
+        dx = dxhat * inv
+    return y, dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(6, 4, 5, 3), (7, 3)])
+def test_batchnorm_fused_activation_matches_unfused(act: str, training: bool, shape: Any) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(loc=2.0, scale=3.0, size=shape)
+    c = shape[-1]
+    w = {
+        "gamma": rng.uniform(0.5, 2, c),
+        "beta": rng.normal(size=c),
+        "moving_mean": rng.normal(size=c),
+        "moving_variance": rng.uniform(0.5, 2, c),
+    }
+    dy = rng.normal(size=shape)
+    want = bn_reference(x, w, dy, act, training)
+    op = OPS["batchnorm"]
+    a = op.bind().replace(activation=act)
+    for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
+        ws = {k: v.copy() for k, v in w.items()}
+        ctx = Context(training=training, workers=workers)
+        y, saved = op.forward(np, a, [x], ws, ctx)
+        (dx,), grads = op.backward(np, a, saved, dy, ws, ctx)
+        np.testing.assert_allclose(y, want[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, want[1], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grads["gamma"], want[2], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grads["beta"], want[3], rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_statistics_survive_a_large_offset() -> None:
+    """The one-pass variance is shifted, so a mean far from zero costs no accuracy."""
+    rng = np.random.default_rng(0)
+    x = (1000 + rng.normal(size=(64, 8, 8, 4))).astype(np.float32)
+    op = OPS["batchnorm"]
+    w = {k: np.zeros(4, np.float32) for k in ("moving_mean", "moving_variance")}
+    w["gamma"], w["beta"] = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, _ = op.forward(np, op.bind(), [x], w, Context(training=True, workers=ThreadWorkers(2)))
+    assert np.abs(y.std(axis=(0, 1, 2)) - 1).max() < 1e-3
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_in_place_equals_a_fresh_output(inplace: bool) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(9, 4, 4, 3))
+    op = OPS["relu"]
+    a = op.bind().replace(inplace=inplace)
+    src = x.copy()
+    y, saved = op.forward(np, a, [src], {}, Context(workers=ThreadWorkers(2)))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert (y is src) == inplace
+    dy = rng.normal(size=x.shape)
+    (dx,), _ = op.backward(np, a, saved, dy, {}, Context(workers=ThreadWorkers(2)))
+    np.testing.assert_array_equal(dx, dy * (x > 0))
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "stride", "padding"),
+    [(7, 2, 2, "valid"), (8, 2, 2, "valid"), (7, 3, 2, "same"), (7, 3, 1, 1), (7, 2, 1, "valid")],
+)
+def test_maxpool_ties_go_to_the_first_maximum(n: int, size: int, stride: int, padding: Any) -> None:
+    """Relu outputs are full of tied zeros: the gradient goes to the first, once per window."""
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.normal(size=(5, n, n, 3)), 0).round(1)
+    op = OPS["maxpool"]
+    a = op.bind(size, stride, padding=padding)
+    y, saved = op.forward(np, a, [x], {}, Context(workers=small_chunks()))
+    dy = rng.normal(size=y.shape)
+    (dx,), _ = op.backward(np, a, saved, dy, {}, Context(workers=ThreadWorkers(2)))
+    # Reference: loop over windows, first maximum in row-major order.
+    p = {"valid": 0, "same": None}.get(padding, padding)
+    pad = same_padding(n, size, stride) if p is None else (p, p)
+    xp_ = np.pad(x, ((0, 0), pad, pad, (0, 0)), constant_values=-np.inf)
+    want = np.zeros_like(xp_)
+    for b, i, j, c in np.ndindex(y.shape):
+        win = xp_[b, i * stride : i * stride + size, j * stride : j * stride + size, c]
+        u, v = np.unravel_index(np.argmax(win), win.shape)
+        assert win[u, v] == y[b, i, j, c]
+        want[b, i * stride + u, j * stride + v, c] += dy[b, i, j, c]
+    np.testing.assert_allclose(dx, want[:, pad[0] : pad[0] + n, pad[0] : pad[0] + n], **TIGHT)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+def test_threaded_workers_still_run_in_a_forked_child() -> None:
+    """The lane threads stay with the parent; a child (fork) makes its own, never hangs."""
+    import multiprocessing
+
+    workers = ThreadWorkers(2)
+    seen: list[int] = []
+    workers.each(list(range(8)), lambda lane, i: seen.append(i))
+    assert sorted(seen) == list(range(8))
+
+    def child() -> None:
+        out: list[int] = []
+        workers.each(list(range(8)), lambda lane, i: out.append(i))
+        raise SystemExit(0 if sorted(out) == list(range(8)) else 1)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("the forked child hung in ThreadWorkers.each")
+    assert proc.exitcode == 0
