@@ -15,7 +15,7 @@
 # The tests are stopped after 200 s and the timings after 240 s, so a run
 # ends inside 8 minutes even where CuPy compiles every kernel afresh.
 #
-# Wheels. This project's workplace lends an NVIDIA H200 whose image already has
+# Wheels. The NVIDIA H200 machine this was written for has an image with
 # Python 3.12 with cupy-cuda13x, numpy, networkx, pytest, hypothesis,
 # threadpoolctl and torch (CUDA 13); of cnndsl's import-time needs
 # (lark, numpy, networkx) only lark is missing. Fetch it here, in the repo root:
@@ -29,8 +29,8 @@
 # sortedcontainers attrs, and a CuPy that matches the machine's CUDA:
 # cupy-cuda12x (CuPy 13 needs fastrlock too; CuPy 14 needs cuda-pathfinder
 # and, without a CUDA toolkit there, the nvidia-*-cu12 runtime wheels).
-# NOTE: a CuPy wheel is over 100 MiB: more than the 64 MiB that may travel
-# with the working tree to the device machine, so CuPy must come from the image.
+# NOTE: a CuPy wheel is over 100 MiB, too large to carry along with the
+# checkout comfortably, so CuPy is expected in the GPU machine's image.
 # Keep one version of each package in .whl: pip refuses two.
 #
 # NOTE: written without a GPU at hand (checked with bash -n, shellcheck where
