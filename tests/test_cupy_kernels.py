@@ -113,3 +113,19 @@ def test_fused_kernels_on_the_gpu_match_numpy(act: str, cupy: Any) -> None:
         results.append([backend.to_host(v) for v in (y, dx, grads["gamma"], grads["beta"])])
     for got, want in zip(results[1], results[0], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_benchmark_runs_with_numpy_standing_in(tmp_path: Any) -> None:
+    """benchmarks/bench_gpu.py (what scripts/gpu_check.sh times) end to end, on the CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--standin", "--nets", "fashion_mnist", "--steps", "1", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    table = (tmp_path / "gpu_results.md").read_text()
+    assert "| fashion_mnist |" in table and "n/a" in table
