@@ -195,7 +195,7 @@ class Elaborator:
         handler(self, frame, stmt)
 
     def _assign(self, frame: Frame, stmt: ast.Assign) -> None:
-        frame.bindings[stmt.name] = self.eval(frame, stmt.value)
+        frame.bindings[stmt.name] = self.value_of(frame, stmt.value)
 
     def _input_decl(self, frame: Frame, stmt: ast.InputDecl) -> None:
         if frame.block_input is not None or frame.prefix:
@@ -205,7 +205,7 @@ class Elaborator:
                 " `input` is the block's input tensor",
                 stmt.span,
             )
-        shape = self.eval(frame, stmt.shape)
+        shape = self.value_of(frame, stmt.shape)
         if not (
             isinstance(shape, (list, tuple))
             and shape
@@ -226,10 +226,10 @@ class Elaborator:
         frame.bindings[stmt.name] = tensor
 
     def _return(self, frame: Frame, stmt: ast.Return) -> None:
-        raise Returned(self.eval(frame, stmt.value), stmt.value.span)
+        raise Returned(self.value_of(frame, stmt.value), stmt.value.span)
 
     def _if(self, frame: Frame, stmt: ast.If) -> None:
-        test = self.eval(frame, stmt.test)
+        test = self.value_of(frame, stmt.test)
         self._no_symbol(frame, test, stmt.test)
         if self._truth(test, stmt.test.span):
             self._exec_all(frame, stmt.body)
@@ -237,7 +237,7 @@ class Elaborator:
             self._exec_all(frame, stmt.orelse)
 
     def _for(self, frame: Frame, stmt: ast.For) -> None:
-        items = self.eval(frame, stmt.iterable)
+        items = self.value_of(frame, stmt.iterable)
         if not isinstance(items, (list, tuple)):
             raise error("E030", f"`for` needs a list, not {kind_of(items)}", stmt.iterable.span)
         for item in items:
@@ -245,8 +245,8 @@ class Elaborator:
             self._exec_all(frame, stmt.body)
 
     def _assert(self, frame: Frame, stmt: ast.Assert) -> None:
-        if not self._truth(self.eval(frame, stmt.test), stmt.test.span):
-            message = self.eval(frame, stmt.message) if stmt.message else "assertion failed"
+        if not self._truth(self.value_of(frame, stmt.test), stmt.test.span):
+            message = self.value_of(frame, stmt.message) if stmt.message else "assertion failed"
             raise error("E040", f"assertion failed: {message}", stmt.test.span)
 
     def _defaults(self, frame: Frame, stmt: ast.Defaults) -> None:
@@ -258,7 +258,7 @@ class Elaborator:
         positional_names = self._arg_names(stmt.op, frame, stmt.span)
         values: dict[str, Any] = {}
         for i, arg in enumerate(stmt.args):
-            value = self.eval(frame, arg.value)
+            value = self.value_of(frame, arg.value)
             if arg.name is None:
                 if i >= len(positional_names):
                     raise error("E012", f"too many positional defaults for {stmt.op}", arg.span)
@@ -288,7 +288,7 @@ class Elaborator:
                     s.span,
                     "note: settings: " + ", ".join(sorted(TRAIN_SETTINGS)),
                 )
-            settings[s.name] = TRAIN_SETTINGS[s.name](self.eval(train_frame, s.value), s.span)
+            settings[s.name] = TRAIN_SETTINGS[s.name](self.value_of(train_frame, s.value), s.span)
         self.graph.meta["train"] = settings
 
     def _budget(self, frame: Frame, stmt: ast.Budget) -> None:
@@ -301,7 +301,7 @@ class Elaborator:
                     lim.span,
                     "note: budgets: " + ", ".join(BUDGET_NAMES),
                 )
-            value = self.eval(frame, lim.value)
+            value = self.value_of(frame, lim.value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise error(
                     "E072", f"a budget limit must be a number, not {kind_of(value)}", lim.value.span
@@ -322,7 +322,7 @@ class Elaborator:
     }
 
     # ---- expressions ----
-    def eval(self, frame: Frame, expr: ast.Expr) -> Any:
+    def value_of(self, frame: Frame, expr: ast.Expr) -> Any:
         """The compile-time value of an expression."""
         return self.EXPRESSIONS[type(expr)](self, frame, expr)
 
@@ -350,14 +350,14 @@ class Elaborator:
         return expr.value
 
     def _tuple(self, frame: Frame, expr: ast.TupleExpr) -> Any:
-        return tuple(self.eval(frame, e) for e in expr.items)
+        return tuple(self.value_of(frame, e) for e in expr.items)
 
     def _list(self, frame: Frame, expr: ast.ListExpr) -> Any:
-        return [self.eval(frame, e) for e in expr.items]
+        return [self.value_of(frame, e) for e in expr.items]
 
     def _binop(self, frame: Frame, expr: ast.BinOp) -> Any:
-        a = self.eval(frame, expr.left)
-        b = self.eval(frame, expr.right)
+        a = self.value_of(frame, expr.left)
+        b = self.value_of(frame, expr.right)
         self._no_symbol(frame, a, expr.left)
         self._no_symbol(frame, b, expr.right)
         if isinstance(a, Tensor) and isinstance(b, Tensor) and expr.op in ("+", "*"):
@@ -423,11 +423,11 @@ class Elaborator:
         return ARITH[op](a, b)
 
     def _chain(self, frame: Frame, expr: ast.Chain) -> Any:
-        value = self.eval(frame, expr.head)
+        value = self.value_of(frame, expr.head)
         self._no_symbol(frame, value, expr.head)
         inputs = self._tensors_of(value, expr.head.span, what="`->` needs a tensor on its left")
         for link in expr.links:
-            ref = self.eval(frame, link)
+            ref = self.value_of(frame, link)
             if not isinstance(ref, LayerRef):
                 if isinstance(ref, Symbol):
                     raise self._undefined(frame, ref, link.span)
@@ -438,8 +438,8 @@ class Elaborator:
         return inputs[0]
 
     def _compare(self, frame: Frame, expr: ast.Compare) -> Any:
-        a = self.eval(frame, expr.left)
-        b = self.eval(frame, expr.right)
+        a = self.value_of(frame, expr.left)
+        b = self.value_of(frame, expr.right)
         self._no_symbol(frame, a, expr.left)
         self._no_symbol(frame, b, expr.right)
         if isinstance(a, tuple):
@@ -455,29 +455,29 @@ class Elaborator:
         return COMPARE[expr.op](a, b)
 
     def _boolop(self, frame: Frame, expr: ast.BoolOp) -> Any:
-        left = self._truth(self.eval(frame, expr.left), expr.left.span)
+        left = self._truth(self.value_of(frame, expr.left), expr.left.span)
         if expr.op == "and" and not left:
             return False
         if expr.op == "or" and left:
             return True
-        return self._truth(self.eval(frame, expr.right), expr.right.span)
+        return self._truth(self.value_of(frame, expr.right), expr.right.span)
 
     def _not(self, frame: Frame, expr: ast.Not) -> Any:
-        return not self._truth(self.eval(frame, expr.value), expr.value.span)
+        return not self._truth(self.value_of(frame, expr.value), expr.value.span)
 
     def _neg(self, frame: Frame, expr: ast.Neg) -> Any:
-        value = self.eval(frame, expr.value)
+        value = self.value_of(frame, expr.value)
         if not is_num(value):
             raise error("E032", f"cannot negate {kind_of(value)}", expr.span)
         return -value
 
     def _ifexp(self, frame: Frame, expr: ast.IfExp) -> Any:
-        if self._truth(self.eval(frame, expr.test), expr.test.span):
-            return self.eval(frame, expr.body)
-        return self.eval(frame, expr.orelse)
+        if self._truth(self.value_of(frame, expr.test), expr.test.span):
+            return self.value_of(frame, expr.body)
+        return self.value_of(frame, expr.orelse)
 
     def _attribute(self, frame: Frame, expr: ast.Attribute) -> Any:
-        value = self.eval(frame, expr.value)
+        value = self.value_of(frame, expr.value)
         if not isinstance(value, Tensor):
             if isinstance(value, Symbol):
                 raise self._undefined(frame, value, expr.value.span)
@@ -505,8 +505,8 @@ class Elaborator:
         )
 
     def _index(self, frame: Frame, expr: ast.Index) -> Any:
-        value = self.eval(frame, expr.value)
-        idx = self.eval(frame, expr.index)
+        value = self.value_of(frame, expr.value)
+        idx = self.value_of(frame, expr.index)
         if not isinstance(value, (list, tuple)):
             raise error("E038", f"cannot index {kind_of(value)}", expr.value.span)
         if not is_int(idx):
@@ -533,7 +533,7 @@ class Elaborator:
         tensors: list[Tensor] = []
         kwargs: dict[str, Any] = {}
         for arg in expr.args:
-            value = self.eval(frame, arg.value)
+            value = self.value_of(frame, arg.value)
             if arg.name is None:
                 if kwargs:
                     raise error("E015", "a positional argument after a keyword argument", arg.span)
@@ -757,7 +757,7 @@ class Elaborator:
             if p.name in given:
                 frame.bindings[p.name] = given[p.name]
             elif p.default is not None:
-                frame.bindings[p.name] = self.eval(frame, p.default)
+                frame.bindings[p.name] = self.value_of(frame, p.default)
             else:
                 raise error(
                     "E012",

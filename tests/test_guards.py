@@ -81,7 +81,7 @@ def test_fit_and_predict_refuse_a_plan_larger_than_max_memory() -> None:
     assert f"needs about {err.needed / 1024:.2f} KiB" in message
     assert "only 40.00 KiB is available (the figure set by --max-memory)" in message
     assert f"the largest batch that fits is {err.largest_batch}:" in message
-    assert 1 <= err.largest_batch < 32
+    assert err.largest_batch >= 1 and err.largest_batch < 32
     check_memory(model, err.largest_batch, training=True)  # fits exactly
     with pytest.raises(OutOfMemoryPlan):
         check_memory(model, err.largest_batch + 1, training=True)
