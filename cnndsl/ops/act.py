@@ -16,19 +16,18 @@ from cnndsl.ops.registry import (
     ACTIVATIONS,
     Array,
     Attrs,
+    Backward,
     Context,
     Float,
+    Forward,
     Int,
     Op,
     Shape,
     ShapeError,
+    Weights,
     register,
 )
 from cnndsl.ops.workers import elementwise
-
-Weights = dict[str, Array]
-Forward = tuple[Array, Any]
-Backward = tuple[list[Array | None], dict[str, Array]]
 
 _PLAIN = Context()  # fused activations need no training flag, rng or overrides
 _DEFAULTS: dict[str, Attrs] = {}

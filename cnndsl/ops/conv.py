@@ -38,14 +38,17 @@ from cnndsl.ops.registry import (
     Array,
     AttrError,
     Attrs,
+    Backward,
     Bool,
     Context,
+    Forward,
     Int,
     Op,
     Padding,
     Pair,
     Shape,
     ShapeError,
+    Weights,
     WeightSpec,
     Window,
     effective,
@@ -56,9 +59,6 @@ from cnndsl.ops.registry import (
 )
 from cnndsl.ops.workers import workers_of
 
-Weights = dict[str, Array]
-Forward = tuple[Array, Any]
-Backward = tuple[list[Array | None], dict[str, Array]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 

@@ -11,21 +11,20 @@ from cnndsl.ops.registry import (
     Activation,
     Array,
     Attrs,
+    Backward,
     Bool,
     Context,
+    Forward,
     Int,
     Op,
     Shape,
     ShapeError,
+    Weights,
     WeightSpec,
     Window,
     register,
 )
 from cnndsl.ops.workers import workers_of
-
-Weights = dict[str, Array]
-Forward = tuple[Array, Any]
-Backward = tuple[list[Array | None], dict[str, Array]]
 
 
 @register

@@ -12,21 +12,20 @@ from cnndsl.ops.registry import (
     REQUIRED,
     Array,
     Attrs,
+    Backward,
     Bool,
     Context,
     Float,
+    Forward,
     Int,
     Op,
     Shape,
     ShapeError,
+    Weights,
     WeightSpec,
     register,
 )
 from cnndsl.ops.workers import Workers, workers_of
-
-Weights = dict[str, Array]
-Forward = tuple[Array, Any]
-Backward = tuple[list[Array | None], dict[str, Array]]
 
 
 def _not_scalar(op: str, x: Shape) -> Shape:

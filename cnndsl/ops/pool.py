@@ -23,20 +23,20 @@ from cnndsl.ops.registry import (
     Array,
     AttrError,
     Attrs,
+    Backward,
     Context,
+    Forward,
     Op,
     Padding,
     Pair,
     Shape,
+    Weights,
     Window,
     register,
     spatial,
 )
 from cnndsl.ops.workers import workers_of
 
-Weights = dict[str, Array]
-Forward = tuple[Array, Any]
-Backward = tuple[list[Array | None], dict[str, Array]]
 NODIL = (1, 1)
 
 

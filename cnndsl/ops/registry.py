@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 
 Shape = tuple[int, ...]
 Array = Any  # numpy.ndarray or cupy.ndarray
+Weights = dict[str, Array]  # a layer's weight arrays by name
+Forward = tuple[Array, Any]  # (output, what backward needs)
+Backward = tuple[list[Array | None], dict[str, Array]]  # (input grads, weight grads)
 
 
 class _Required:

@@ -17,20 +17,19 @@ from cnndsl.ops.registry import (
     Array,
     Attrs,
     AttrType,
+    Backward,
     Context,
+    Forward,
     Int,
     Op,
     Shape,
     ShapeError,
+    Weights,
     register,
     show,
     spatial,
 )
 from cnndsl.ops.workers import elementwise
-
-Weights = dict[str, Array]
-Forward = tuple[Array, Any]
-Backward = tuple[list[Array | None], dict[str, Array]]
 
 
 def listing(shapes: tuple[Shape, ...] | list[Shape]) -> str:
