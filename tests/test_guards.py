@@ -56,6 +56,24 @@ def test_training_peak_and_workspace_by_hand() -> None:
     assert mem.inference_peak == (50 + 27) * 4 * 4 + 57 * 4
 
 
+def test_workspace_is_capped_for_chunked_convs_only() -> None:
+    """Plain convs run in chunks (scratch capped); grouped convs build every sample's columns."""
+    from cnndsl.passes.memory import SCRATCH, estimate_memory
+
+    def workspace(groups: int, batch: int) -> int:
+        text = (
+            "network n() {\n input x: [32, 32, 8]\n"
+            f" return x -> conv(8, 3, padding=same, groups={groups})\n}}"
+        )
+        return estimate_memory(cnndsl.compile(text).graph, batch=batch).workspace
+
+    per_sample = (32 * 32 * 3 * 3 * 8 + 32 * 32 * 8) * 4  # columns + padded input, plain conv
+    assert workspace(1, 1) == per_sample
+    assert workspace(1, 256) == SCRATCH < per_sample * 256
+    # backward holds the column gradients of both groups at once: all 8 channels
+    assert workspace(2, 256) == per_sample * 256
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("8G", 8 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), ("100k", 102400), ("4096", 4096)],

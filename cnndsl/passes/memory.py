@@ -12,7 +12,8 @@ than 1×1 runs as im2col + GEMM, whose column matrix holds
 oh·ow·fh·fw·(c_in/groups) values per sample; the kernels walk the batch in
 chunks with reusable scratch buffers (cnndsl/ops/workers.py), so the
 workspace is the whole batch's columns or SCRATCH bytes, whichever is less,
-but never less than one sample's. `training_peak` is the executor's training
+but never less than one sample's. Grouped convs (groups > 1) still build the
+whole batch's columns at once, so theirs are counted in full. `training_peak` is the executor's training
 plan: what backward keeps of each activation (about one activation's worth
 per layer), the gradients alive at once (at most the two largest
 activations), weights, gradients, optimizer slots, and the workspace twice
@@ -63,7 +64,8 @@ def workspace(layer: Layer, inputs: list[Layer]) -> int:
     kernel = tuple(layer.attrs.get("kernel", (1, 1)))
     if kernel == (1, 1):
         return 0  # a 1×1 conv is a plain matmul on the input
-    c_in = inputs[0].shape[-1] // int(layer.attrs.get("groups", 1) or 1)
+    # NOTE: a grouped conv's backward holds every group's column gradients at once.
+    c_in = inputs[0].shape[-1]
     padded = math.prod(inputs[0].shape) if layer.attrs.get("padding") != "valid" else 0
     return math.prod(layer.shape[:-1]) * kernel[0] * kernel[1] * c_in + padded
 
@@ -77,7 +79,8 @@ def estimate_memory(
     work = {}
     for layer in layers:
         one = workspace(layer, [g[p] for p in layer.inputs]) * itemsize  # one sample's
-        work[layer.path] = min(one * batch, max(one, SCRATCH))
+        grouped = int(layer.attrs.get("groups", 1) or 1) > 1  # whole-batch columns, not chunks
+        work[layer.path] = one * batch if grouped else min(one * batch, max(one, SCRATCH))
     order = {layer.path: i for i, layer in enumerate(layers)}
     last_read = {layer.path: order[layer.path] for layer in layers}
     for layer in layers:
