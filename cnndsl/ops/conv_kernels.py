@@ -131,6 +131,24 @@ def geometry_of(
     return Geometry((h, w), c, kernel, stride, dilation, pads)
 
 
+def im2col_view(xp: Any, xpad: Array, geo: Geometry) -> Array:
+    """Strided view (N, oh, ow, fh, fw, c) of padded x: patch (i, j) of every output."""
+    n, _, _, c = xpad.shape
+    sn, sh, sw, sc = xpad.strides
+    return xp.lib.stride_tricks.as_strided(
+        xpad,
+        shape=(n, *geo.out, *geo.kernel, c),
+        strides=(
+            sn,
+            sh * geo.stride[0],
+            sw * geo.stride[1],
+            sh * geo.dilation[0],
+            sw * geo.dilation[1],
+            sc,
+        ),
+    )
+
+
 def input_grad_method(geo: Geometry, filters: int) -> str:
     """How conv2d's backward computes dx for this shape: "full" or "col2im".
 
@@ -183,21 +201,8 @@ def columns(xp: Any, workers: Workers, lane: int, name: str, src: Array, geo: Ge
     """im2col of padded samples src (nb, hp, wp, c): (nb·oh·ow, fh·fw·c) in a reused buffer."""
     nb, _, _, c = src.shape
     (oh, ow), (fh, fw) = geo.out, geo.kernel
-    sn, sh, sw, sc = src.strides
-    view = xp.lib.stride_tricks.as_strided(
-        src,
-        shape=(nb, oh, ow, fh, fw, c),
-        strides=(
-            sn,
-            sh * geo.stride[0],
-            sw * geo.stride[1],
-            sh * geo.dilation[0],
-            sw * geo.dilation[1],
-            sc,
-        ),
-    )
     cols = workers.scratch(xp, lane, name, (nb, oh, ow, fh, fw, c), src.dtype)
-    xp.copyto(cols, view)
+    xp.copyto(cols, im2col_view(xp, src, geo))
     return cols.reshape(nb * oh * ow, fh * fw * c)
 
 
@@ -395,7 +400,7 @@ def grouped_conv2d(
     fh, fw, cin_g, f = kernel.shape
     n = x.shape[0]
     xpad = pad2d(xp, x, geo.pads)
-    view = _im2col_view(xp, xpad, geo)
+    view = im2col_view(xp, xpad, geo)
     f_g = f // groups
     zs = []
     for g in range(groups):
@@ -409,7 +414,7 @@ def grouped_conv2d_backward(
 ) -> tuple[Array | None, Array]:
     """(dx or None, dkernel) of grouped_conv2d: dW = colsᵀ·dz, dcols = dz·Wᵀ, col2im."""
     fh, fw, cin_g, f = kernel.shape
-    view = _im2col_view(xp, xpad, geo)
+    view = im2col_view(xp, xpad, geo)
     f_g = f // groups
     dks, dcols = [], []
     for g in range(groups):
@@ -428,21 +433,3 @@ def grouped_conv2d_backward(
         for v in range(fw):
             tap(dxpad, u, v, geo.stride, geo.dilation, geo.out)[...] += dcol[:, :, :, u, v]
     return unpad2d(dxpad, geo.pads), dk
-
-
-def _im2col_view(xp: Any, xpad: Array, geo: Geometry) -> Array:
-    """Strided view (N, oh, ow, fh, fw, c) of padded x: patch (i, j) of every output."""
-    n, _, _, c = xpad.shape
-    sn, sh, sw, sc = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad,
-        shape=(n, *geo.out, *geo.kernel, c),
-        strides=(
-            sn,
-            sh * geo.stride[0],
-            sw * geo.stride[1],
-            sh * geo.dilation[0],
-            sw * geo.dilation[1],
-            sc,
-        ),
-    )
