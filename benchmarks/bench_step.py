@@ -438,8 +438,14 @@ into the next conv's padding). Times move by ±20% and more with other load on
 the machine, and PyTorch's OpenMP threads suffer more from it than cnndsl's
 chunked lanes (which rebalance when a core is busy): compare ratios measured
 on a quiet machine (see the load averages above). Tried and dropped:
-Winograd F(2×2, 3×3) in NumPy (its input and output transforms, a dozen
-NumPy passes per tile, cost more than the 2.25× fewer multiplies save), and
+Winograd F(2×2, 3×3) in NumPy, twice: with the input and output transforms
+as a dozen NumPy passes per tile they cost more than the 2.25× fewer
+multiplies save; with the transforms as skinny BLAS GEMMs (kron(Bᵀ, Bᵀ) times
+the gathered 4×4 tiles) a conv's forward gained 10-25% at 14×14 and 16×16
+with 128 channels and lost 10% at 32×32 with 64, and the Fashion-MNIST and
+ResNet-18 steps did not move outside the noise, because the 16 GEMMs of
+(tiles, c)·(c, f) run at a lower rate than im2col's one GEMM with the long
+inner dimension fh·fw·c, and the transforms add about 40% of their time; and
 a pool of recycled activation buffers (keeping all freed memory in the heap
 with glibc's malloc tunables, which is what such a pool would buy, changed no
 step time measurably)."""

@@ -297,3 +297,15 @@ def test_threaded_workers_still_run_in_a_forked_child() -> None:
         proc.kill()
         pytest.fail("the forked child hung in ThreadWorkers.each")
     assert proc.exitcode == 0
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_partial_sums_over_lanes_keep_the_serial_bits(lanes: int) -> None:
+    """sum_partials splits columns over lanes; each column still adds its chunks in order."""
+    rng = np.random.default_rng(5)
+    parts = rng.standard_normal((9, 3, 3, 64, 700)).astype(np.float32)  # > SMALL_SUM values
+    serial = Workers().sum_partials(np, parts)
+    threaded = ThreadWorkers(lanes).sum_partials(np, parts)
+    assert threaded.shape == parts.shape[1:]
+    np.testing.assert_array_equal(threaded, serial)
+    np.testing.assert_allclose(serial, parts.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5)

@@ -341,7 +341,7 @@ def conv2d_backward(
             _col2im_chunk(xp, workers, lane, dz, wmat, dx, n0, n1, geo)
 
     workers.each(chunks, run)
-    dk = dk_parts.sum(axis=0)  # a fresh array: the partials stay in scratch
+    dk = workers.sum_partials(xp, dk_parts)  # a fresh array: the partials stay in scratch
     db = db_parts.sum(axis=0) if db_parts is not None else None
     return dx, dk.reshape(kernel.shape), db
 

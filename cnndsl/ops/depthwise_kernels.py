@@ -111,7 +111,7 @@ def depthwise2d_backward(
             dx[n0:n1] = unpad2d(target, geo.pads)
 
     workers.each(chunks, run)
-    return dx, dk_parts.sum(axis=0)
+    return dx, workers.sum_partials(xp, dk_parts)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ T = TypeVar("T")
 CHUNK_BYTES = 4 << 20  # about L2 + a share of L3: the im2col rows of one chunk
 MIN_CHUNKS = 8  # enough chunks that lanes balance when another process steals a core
 SMALL_GEMM = 1 << 22  # multiply-adds below which a GEMM runs whole on one lane
+SMALL_SUM = 1 << 20  # values below which partial sums are added on one lane
 
 
 class Workers:
@@ -113,6 +114,26 @@ class Workers:
     def colsum(self, xp: Any, a: Any, out: Any = None) -> Any:
         """Column sums of a 2-D array (into `out` if given): Σ_rows a[row, :]."""
         return xp.matmul(self.ones(xp, a.shape[0], a.dtype), a, out=out)
+
+    def sum_partials(self, xp: Any, parts: Any) -> Any:
+        """parts.sum(axis=0) of (chunks, ...) partials: a fresh array, column blocks over lanes.
+
+        Every column still adds its partials in chunk order, so the bits are
+        those of the serial sum. NOTE: a conv's kernel gradient has one
+        partial of fh·fw·c·f values per chunk (75 MB for a 512→512 3×3 conv),
+        too much to add up on one core.
+        """
+        flat = parts.reshape(parts.shape[0], -1)
+        out = xp.empty(flat.shape[1], dtype=parts.dtype)
+        if self.lanes == 1 or flat.size < SMALL_SUM:
+            xp.sum(flat, axis=0, out=out)
+        else:
+            step = -(-flat.shape[1] // (self.lanes * 4))
+            blocks = [(lo, min(flat.shape[1], lo + step)) for lo in range(0, flat.shape[1], step)]
+            self.each(
+                blocks, lambda lane, b: xp.sum(flat[:, b[0] : b[1]], axis=0, out=out[b[0] : b[1]])
+            )
+        return out.reshape(parts.shape[1:])
 
     def release(self) -> None:
         """Drop every scratch buffer (they are reallocated on demand)."""

@@ -8,16 +8,16 @@ Adam needs two).
 
 What the memory guard plans with (cnndsl/guards.py) adds kernel workspace:
 `workspace` is the largest per-layer scratch. A conv with a kernel larger
-than 1×1 runs as im2col + GEMM, whose column matrix holds
-oh·ow·fh·fw·(c_in/groups) values per sample; the kernels walk the batch in
-chunks with reusable scratch buffers (cnndsl/ops/workers.py), so the
-workspace is the whole batch's columns or SCRATCH bytes, whichever is less,
-but never less than one sample's. Grouped convs (groups > 1) still build the
-whole batch's columns at once, so theirs are counted in full. `training_peak` is the executor's training
-plan: what backward keeps of each activation (about one activation's worth
-per layer), the gradients alive at once (at most the two largest
-activations), weights, gradients, optimizer slots, and the workspace twice
-(columns and their gradient).
+than 1×1 runs as im2col + GEMM, whose column matrix holds oh·ow·fh·fw·c_in
+values per sample; the kernels walk the batch in chunks with reusable
+scratch buffers (cnndsl/ops/workers.py), so the workspace is the whole
+batch's columns or SCRATCH bytes, whichever is less, but never less than one
+sample's. Grouped convs (groups > 1) still build the whole batch's columns
+at once, so theirs are counted in full. `training_peak` is the executor's
+training plan: what backward keeps of each activation (about one
+activation's worth per layer), the gradients alive at once (at most the two
+largest activations), weights, gradients, optimizer slots, and the
+workspace twice (columns and their gradient).
 
 `training_peak` against tracemalloc peaks of NumPy training steps (Adam,
 plus the optimizer's temporaries the guard adds): digits b=2048 +50%,
