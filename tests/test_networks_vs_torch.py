@@ -10,6 +10,7 @@ momentum 0.01; torch's running_var uses the unbiased batch variance.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -406,28 +407,16 @@ network net() {
 }
 """
 
-SE_XCEPTION = """
-block se(ratio=16) {
-    c = input.channels
-    scale = input
-        -> global_avgpool
-        -> dense(c // ratio, activation=relu)
-        -> dense(c, activation=sigmoid)
-    return input * scale
-}
-
-block xception_entry(filters) {
-    main = input
-        -> separable_conv(filters, 3, padding=same, bias=false) -> batchnorm -> relu
-        -> separable_conv(filters, 3, padding=same, bias=false) -> batchnorm
-        -> maxpool(3, stride=2, padding=same)
-    skip = input -> conv(filters, 1, stride=2, padding=same, bias=false) -> batchnorm
-    return main + skip
-}
-
+# LANGUAGE.md's squeeze-excite and Xception entry blocks, as examples/language keeps them.
+SE_XCEPTION = (
+    (Path(__file__).parent.parent / "examples" / "language" / "se_xception.cnn").read_text(
+        encoding="utf-8"
+    )
+    + """
 network net() {
     input image: [8, 8, 3]
     return image -> conv(16, 3, padding=same, activation=relu) -> se(ratio=4)
         -> xception_entry(24) -> global_avgpool -> dense(5, activation=softmax)
 }
 """
+)

@@ -570,25 +570,8 @@ def test_frozen_xception_base() -> None:
     assert net.graph["head"].trainable
 
 
-LANGUAGE_MD_BLOCKS = """
-block se(ratio=16) {
-    c = input.channels
-    scale = input
-        -> global_avgpool
-        -> dense(c // ratio, activation=relu)
-        -> dense(c, activation=sigmoid)
-    return input * scale
-}
-
-block xception_entry(filters) {
-    main = input
-        -> separable_conv(filters, 3, padding=same, bias=false) -> batchnorm -> relu
-        -> separable_conv(filters, 3, padding=same, bias=false) -> batchnorm
-        -> maxpool(3, stride=2, padding=same)
-    skip = input -> conv(filters, 1, stride=2, padding=same, bias=false) -> batchnorm
-    return main + skip
-}
-"""
+# The blocks LANGUAGE.md defines, as examples/language keeps them.
+LANGUAGE_MD_BLOCKS = (EXAMPLES / "language" / "se_xception.cnn").read_text(encoding="utf-8")
 
 
 def test_language_md_flowers_example(tmp_path: Path) -> None:
