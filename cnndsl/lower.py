@@ -6,7 +6,7 @@ each naming its inputs by step index, plus liveness (the last step that reads
 each value) so inference can drop an activation as soon as nothing needs it.
 Each step produces exactly one value, numbered like the step itself.
 
-The executor in `cnndsl.model` is one loop over `plan.steps` calling
+The executor in `cnndsl.executor` is one loop over `plan.steps` calling
 `OPS[step.op].forward`; backward walks `reversed(plan.steps)` and sums the
 gradients of a value read by several steps (fan-out). Nothing here touches
 arrays, so the plan is the same for every backend.

@@ -1,4 +1,4 @@
-"""Training: the epochs-and-batches loop behind `Model.fit`, checkpointed and interruptible.
+"""Training: `Model.fit`, the epochs-and-batches loop, checkpointed and interruptible.
 
 Input: a built `Model`, arrays x and y, and fit's settings. Output: a
 `History`, with the model's weights trained in place. Every step's position
@@ -6,6 +6,11 @@ Input: a built `Model`, arrays x and y, and fit's settings. Output: a
 `checkpoint.TrainState`, so a run saved between two steps continues bit for
 bit. A NaN or infinite loss raises `guards.NonFiniteLoss` naming the step and
 the layer; Ctrl-C stops between two steps with `checkpoint.TrainingInterrupted`.
+
+`fit` is written once, here, and `cnndsl.model.Model` binds it as its method,
+so its parameters, defaults and docs have one place to change. Binding it
+means cnndsl.model imports this module; cnndsl.checkpoint and cnndsl.guards
+import cnndsl.model, so the functions here import them when called.
 """
 
 from __future__ import annotations
@@ -14,21 +19,60 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnndsl.checkpoint import (
-    Checkpointer,
-    Interrupts,
-    TrainingInterrupted,
-    TrainState,
-    labels_digest,
-)
-from cnndsl.guards import NonFiniteLoss
+from cnndsl.executor import ModelError
 from cnndsl.losses import Loss, Metric, get_metric
-from cnndsl.model import Callback, History, Model, ModelError
 from cnndsl.optimizers import Optimizer
+
+if TYPE_CHECKING:
+    from cnndsl.checkpoint import Checkpointer, Interrupts, TrainState
+    from cnndsl.model import Model
+
+
+class History:
+    """What fit returns: `history[name]` is one value per epoch, as in Keras."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.params: dict[str, Any] = {}
+
+    def append(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """Record one epoch's logs."""
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: params, epochs and the per-epoch lists."""
+        return {"params": self.params, "epoch": self.epoch, "history": self.history}
+
+    def __repr__(self) -> str:
+        return f"History({self.history})"
+
+
+class Callback:
+    """Keras-style hooks; override the ones you need. `logs` hold running means."""
+
+    model: Model
+
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """Before the first epoch; logs hold the run's settings (epochs, batch_size, ...)."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Before each epoch (counted from 0)."""
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """After each batch: running loss and metrics, samples, total, seconds."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """After each epoch: the epoch's loss, metrics, val_* and seconds."""
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        """After the last epoch; logs are History.history."""
 
 
 def fit(
@@ -51,7 +95,20 @@ def fit(
     keep: int = 3,
     resume: bool = False,
 ) -> History:
-    """Model.fit: train for `epochs` and return the History (see Model.fit)."""
+    """Train for `epochs`; returns History with loss, metrics and val_* per epoch.
+
+    Called as `model.fit(x, y, ...)`. Like Keras, validation_split takes the
+    last fraction of (x, y) before shuffling. `augment(batch, rng)` transforms
+    each training batch on the host.
+    With checkpoint_dir, the run is saved there every `checkpoint_every` steps
+    and at each epoch end (the newest `keep` kept); resume=True continues from
+    the newest good one, ending with the same weights as an uninterrupted run.
+    Ctrl-C stops between two steps (saving a checkpoint) with TrainingInterrupted;
+    a NaN or infinite loss raises NonFiniteLoss; a batch that will not fit in
+    memory (Model.max_memory, else what is free) raises OutOfMemoryPlan.
+    """
+    from cnndsl.checkpoint import Checkpointer, Interrupts, TrainState, labels_digest
+
     model.compile(loss, optimizer, metrics)
     model._single_output()
     epochs = model.epochs if epochs is None else int(epochs)
@@ -159,6 +216,8 @@ def _train_epoch(
     interrupts: Interrupts,
 ) -> dict[str, float]:
     """The rest of the pass over x[state.order]; returns the epoch's mean loss and metrics."""
+    from cnndsl.guards import NonFiniteLoss
+
     sums, counts, order = state.sums, state.counts, state.order
     assert order is not None, "fit draws the epoch's order first"
     steps = math.ceil(len(order) / batch_size)
@@ -199,6 +258,8 @@ def _train_epoch(
 
 
 def _interrupted(state: TrainState, checkpoint: str | None) -> None:
+    from cnndsl.checkpoint import TrainingInterrupted
+
     where = f"after step {state.step} (epoch {state.epoch + 1}, batch {state.batch})"
     if state.batch == 0:
         where = f"after step {state.step} (the end of epoch {state.epoch})"
@@ -210,4 +271,4 @@ def _interrupted(state: TrainState, checkpoint: str | None) -> None:
     raise TrainingInterrupted(f"interrupted {where}{kept}", checkpoint)
 
 
-__all__ = ["fit"]
+__all__ = ["Callback", "History", "fit"]
