@@ -412,7 +412,10 @@ NOTES: dict[str, str] = {
     " 128→128; 15.0 vs 10.9 ms at 7×7, 256→256), and backward is two such GEMMs (dW; dx as"
     " a 'full' convolution or col2im, whichever lowering picked). The im2col copies add"
     " 10-20% to a conv's forward. Max pooling (2×2, tiled: one masked write per tap) is"
-    " most of the rest.",
+    " most of the rest. The gap is NumPy's BLAS: on the GEMM shapes of these convs' chunks"
+    " (M = 392-12544 rows, K·N = 576·64 to 2304·256), single-threaded OpenBLAS reached"
+    " 100-140 GFLOP/s where MKL's sgemm (torch.mm, same shapes, alternating processes)"
+    " reached 145-160 (measured 2026-11-28); the GEMMs are 80-85% of a conv's time.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv (the stride-1 ones take dx as a"
     " full convolution). Batchnorm (fused with its relu, two passes forward, two backward)"
     " is as fast as PyTorch's forward but still makes about a dozen NumPy operations over"
