@@ -20,13 +20,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cnndsl.npzfile import NpzProblem, read_arrays
 
 Shape = tuple[int, ...]
 
@@ -420,44 +421,38 @@ def _class_names(*ys: np.ndarray) -> list[str]:
 # ---- .npz ----
 
 
+def _npz_message(path: Path, problem: NpzProblem) -> str:
+    """What is wrong with a data .npz, and how to write one that works."""
+    messages = {
+        "unreadable": f"{path}: cannot read it ({problem.detail})",
+        "not_zip": f"{path}: not a readable .npz file (no zip header); write it with"
+        " np.savez(path, x=images, y=labels)",
+        "pickled": f"{path}: holds pickled Python objects, which cnndsl does not load (they"
+        " can run code); save plain numeric arrays: np.savez(path, x=x.astype('float32'),"
+        " y=y.astype('int64'))",
+        "bad_value": f"{path}: cannot read it as .npz ({problem.detail})",
+        "corrupt": f"{path}: not a readable .npz file: truncated or corrupt ({problem.detail});"
+        " write it again with np.savez",
+    }
+    return messages[problem.kind]
+
+
 def load_npz(path: str | os.PathLike[str], test_split: float = 0.2) -> Dataset:
     """Arrays x, y (split here) or x_train, y_train, x_test, y_test (Keras' mnist.npz)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
-    if magic != b"PK\x03\x04":  # an .npz is a zip archive of .npy files
+        stored = read_arrays(path)
+    except NpzProblem as problem:
+        raise DataError(_npz_message(path, problem)) from None
+    if {"x_train", "y_train", "x_test", "y_test"} <= stored.keys():
+        arrays = {k: stored[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    elif {"x", "y"} <= stored.keys():
+        arrays = {"x": stored["x"], "y": stored["y"]}
+    else:
         raise DataError(
-            f"{path}: not a readable .npz file (no zip header); write it with"
-            " np.savez(path, x=images, y=labels)"
+            f"{path}: has arrays {', '.join(sorted(stored)) or '(none)'}; expected x and y"
+            " (or x_train, y_train, x_test, y_test): np.savez(path, x=images, y=labels)"
         )
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            keys = set(f.files)
-            if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-                arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            elif {"x", "y"} <= keys:
-                arrays = {"x": f["x"], "y": f["y"]}
-            else:
-                raise DataError(
-                    f"{path}: has arrays {', '.join(sorted(keys)) or '(none)'}; expected x and y"
-                    " (or x_train, y_train, x_test, y_test): np.savez(path, x=images, y=labels)"
-                )
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise DataError(
-                f"{path}: holds pickled Python objects, which cnndsl does not load (they can"
-                " run code); save plain numeric arrays: np.savez(path, x=x.astype('float32'),"
-                " y=y.astype('int64'))"
-            ) from None
-        raise DataError(f"{path}: cannot read it as .npz ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise DataError(
-            f"{path}: not a readable .npz file: truncated or corrupt ({e}); write it again"
-            " with np.savez"
-        ) from None
     where = str(path)
     if "x" in arrays:
         x, y = _images(arrays["x"], where), _labels(arrays["y"], where)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cnndsl.model import Model, ModelError
+from cnndsl.npzfile import NpzProblem, read_arrays
 
 
 @dataclass
@@ -135,27 +135,18 @@ def read_npz(
     other = fix or "pass a file written by `cnndsl run --save` or Model.save"
     fix = fix or f"write the {what} again"
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ModelError(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    if magic != b"PK\x03\x04":  # an .npz is a zip archive of .npy files
-        raise ModelError(
-            f"{path}: not an .npz file (no zip header: empty, cut short or another format),"
-            f" so not {what} written by cnndsl; {other}"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ModelError(
-                f"{path}: holds pickled Python objects, which cnndsl does not load (they can"
-                " run code); save plain arrays with Model.save or np.savez"
-            ) from None
-        raise ModelError(f"{path}: corrupt .npz ({e}); {fix}") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ModelError(f"{path}: truncated or corrupt .npz ({e}); {fix}") from None
+        return read_arrays(path)
+    except NpzProblem as problem:
+        messages = {
+            "unreadable": f"{path}: cannot read {what} ({problem.detail})",
+            "not_zip": f"{path}: not an .npz file (no zip header: empty, cut short or another"
+            f" format), so not {what} written by cnndsl; {other}",
+            "pickled": f"{path}: holds pickled Python objects, which cnndsl does not load (they"
+            " can run code); save plain arrays with Model.save or np.savez",
+            "bad_value": f"{path}: corrupt .npz ({problem.detail}); {fix}",
+            "corrupt": f"{path}: truncated or corrupt .npz ({problem.detail}); {fix}",
+        }
+        raise ModelError(messages[problem.kind]) from None
 
 
 def save_weights(model: Model, path: str | os.PathLike[str]) -> None:
