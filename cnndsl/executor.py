@@ -303,7 +303,9 @@ class Executor:
 
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
         """Network output for one batch, as a host array."""
-        (out,), _ = self._forward(self.plan, [self._device_batch(x)], training, keep=False)
+        batch = self._device_batch(x)
+        with self.backend.compute_scope(self.macs * len(batch)):
+            (out,), _ = self._forward(self.plan, [batch], training, keep=False)
         return self.backend.to_host(out)
 
     def _single_output(self) -> None:

@@ -109,11 +109,13 @@ class Model(Executor):
     ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, host gradients of every updatable weight) on one batch; no update."""
         lf = get_loss(loss) if loss is not None else self.loss
-        value, grad, _, plan, saved = self._loss_and_output(
-            self._device_batch(x), self._labels(y), lf, training, keep=True
-        )
-        assert saved is not None
-        grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+        xb = self._device_batch(x)
+        with self.backend.compute_scope(3 * self.macs * len(xb)):
+            value, grad, _, plan, saved = self._loss_and_output(
+                xb, self._labels(y), lf, training, keep=True
+            )
+            assert saved is not None
+            grads = self._backward(plan, saved, {plan.outputs[0]: grad})
         return float(value), {k: self.backend.to_host(g) for k, g in grads.items()}
 
     def train_step(self, x: Any, y: Any) -> tuple[float, Array]:
@@ -125,9 +127,10 @@ class Model(Executor):
 
         xb, yb = self._device_batch(x), self._labels(y)
         before = guards.snapshot(self)  # generator state, moving statistics: to undo a NaN step
-        value, grad, p, plan, saved = self._loss_and_output(xb, yb, self.loss, True, keep=True)
-        assert saved is not None
-        grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+        with self.backend.compute_scope(3 * self.macs * len(xb)):
+            value, grad, p, plan, saved = self._loss_and_output(xb, yb, self.loss, True, keep=True)
+            assert saved is not None
+            grads = self._backward(plan, saved, {plan.outputs[0]: grad})
         if not guards.all_finite(self.xp, value, grads):
             raise guards.non_finite_step(self, xb, yb, float(value), before)
         self.optimizer.step(self.xp, self.params, grads)

@@ -122,6 +122,32 @@ def test_numpy_backend_thread_scope() -> None:
         assert all(i["num_threads"] == 1 for i in blas)
 
 
+def test_blas_threads_only_for_a_kernel_with_one_chunk() -> None:
+    """In a run, BLAS stays on one thread (lanes run the chunks) but for one-chunk kernels."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    np.ones((4, 4)) @ np.ones((4, 4))  # make sure BLAS is loaded
+
+    def blas_threads() -> set[int]:
+        info = threadpoolctl.threadpool_info()
+        return {i["num_threads"] for i in info if i["user_api"] == "blas"}
+
+    backend = NumpyBackend(threads=2)
+    seen: dict[str, set[int]] = {}
+    for work, label in ((10**12, "large"), (1000, "small")):
+        with backend.compute_scope(work=work):
+            seen[label + " run"] = blas_threads()
+            for chunks, key in (([(0, 1)], label), ([(0, 1), (1, 2)], label + " lanes")):
+                backend.workers.each(chunks, lambda _, c, k=key: seen.update({k: blas_threads()}))
+    assert seen == {
+        "large run": {1},
+        "large": {2},
+        "large lanes": {1},
+        "small run": {1},
+        "small": {1},
+        "small lanes": {1},
+    }
+
+
 # ---- real CuPy on a GPU: skipped cleanly without one ----
 
 

@@ -25,7 +25,7 @@ from cnndsl.ops.conv_kernels import (
 )
 from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
 from cnndsl.ops.registry import Context, same_padding
-from cnndsl.ops.workers import Workers
+from cnndsl.ops.workers import SERIAL, Workers
 
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 
@@ -61,7 +61,7 @@ def conv_case(i: int, n: int = 5) -> tuple[Any, ...]:
 def test_conv2d_forward_matches_whole_batch_im2col(i: int, workers: Workers) -> None:
     x, kernel, geo, _ = conv_case(i)
     bias = np.linspace(-1, 1, kernel.shape[3])
-    want, _ = grouped_conv2d(np, x, kernel, geo, 1)
+    want, _ = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
     got = conv2d_forward(np, x, kernel, bias, geo, False, workers)
     np.testing.assert_allclose(got, want + bias, **TIGHT)
     relu = conv2d_forward(np, x, kernel, bias, geo, True, workers)
@@ -76,8 +76,8 @@ def test_conv2d_input_gradient_variants_agree(i: int, method: str) -> None:
         pytest.skip("the full-convolution variant needs stride 1")
     if (method == "gemm") != geo.pointwise:
         pytest.skip("the GEMM variant is the 1×1 kernels' only one")
-    _, xpad = grouped_conv2d(np, x, kernel, geo, 1)
-    want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, kernel, geo, 1, True)
+    _, xpad = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
+    want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, kernel, geo, 1, True, SERIAL)
     for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
         dx, dk, db = conv2d_backward(
             np, x, dz, kernel, geo, want_dx=True, want_db=True, method=method,
@@ -159,8 +159,8 @@ def test_depthwise_chunks_and_threads_match_one_chunk(m: int, stride: Any, pads:
     dz = rng.normal(size=(5, *geo.out, 3 * m))
     # Reference: the depthwise conv as a grouped conv with one group per channel.
     grouped = kernel.reshape(3, 3, 1, 3 * m)
-    want, xpad = grouped_conv2d(np, x, grouped, geo, 3)
-    want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, grouped, geo, 3, True)
+    want, xpad = grouped_conv2d(np, x, grouped, geo, 3, SERIAL)
+    want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, grouped, geo, 3, True, SERIAL)
     for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
         z = depthwise2d_forward(np, x, kernel, geo, workers)
         np.testing.assert_allclose(z, want, **TIGHT)

@@ -46,6 +46,10 @@ class _Blas:
 
     @classmethod
     def single(cls) -> contextlib.AbstractContextManager[Any]:
+        return cls.limit(1)
+
+    @classmethod
+    def limit(cls, threads: int) -> contextlib.AbstractContextManager[Any]:
         if not cls.tried:
             cls.tried = True
             try:
@@ -56,7 +60,7 @@ class _Blas:
                 cls.controller = None
         if cls.controller is None:
             return contextlib.nullcontext()
-        return cls.controller.limit(limits=1, user_api="blas")
+        return cls.controller.limit(limits=threads, user_api="blas")
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -92,14 +96,21 @@ class ThreadWorkers(Workers):
     def __init__(self, lanes: int, **options: Any) -> None:
         super().__init__(**options)
         self.lanes = max(1, lanes)
+        # BLAS threads for a kernel that has one chunk only (batch 1, say): its
+        # GEMM is the only work there is. NumpyBackend.compute_scope sets it.
+        self.solo_blas_threads = self.lanes
         self._inside = threading.local()
 
     def each(self, chunks: Sequence[T], fn: Callable[[int, T], None]) -> None:
         lanes = min(self.lanes, len(chunks))
-        if lanes <= 1 or getattr(self._inside, "busy", False):
-            # NOTE: one chunk (batch 1, say) keeps BLAS's own threads for its GEMM.
+        if getattr(self._inside, "busy", False):
             for chunk in chunks:
                 fn(0, chunk)
+            return
+        if lanes <= 1:
+            with _Blas.limit(self.solo_blas_threads):
+                for chunk in chunks:
+                    fn(0, chunk)
             return
         pool = _pool(self.lanes - 1)
         counter = itertools.count()
@@ -142,24 +153,29 @@ class NumpyBackend(Backend):
     def __init__(self, seed: int = 0, threads: int | None = None) -> None:
         super().__init__(np, seed)
         self.threads = threads
-        self.workers = ThreadWorkers(threads if threads is not None else cores())
+        self.workers: ThreadWorkers = ThreadWorkers(threads if threads is not None else cores())
 
     def to_host(self, a: Any) -> np.ndarray:
         return np.asarray(a)
 
     @contextlib.contextmanager
     def compute_scope(self, work: int) -> Iterator[None]:
-        limit = 1 if work < SMALL_WORK else self.threads
-        if limit is None:
-            yield
-            return
+        """BLAS on one thread for the whole run: the lanes are the parallelism.
+
+        NOTE: OpenBLAS threads spin for a while after each multithreaded call;
+        one that spins while the lanes run takes a core from them (measured: a
+        lane phase right after a 2-thread GEMM ran up to 1.8× slower). So BLAS
+        gets its threads only where a kernel has one chunk (ThreadWorkers.each)
+        and the batch is large enough to pay for them.
+        """
+        workers = self.workers
+        solo = workers.solo_blas_threads
+        workers.solo_blas_threads = workers.lanes if work >= SMALL_WORK else 1
         try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # NOTE: scikit-learn brings it; without it, run as configured
-            yield
-            return
-        with threadpool_limits(limits=limit, user_api="blas"):
-            yield
+            with _Blas.single():
+                yield
+        finally:
+            workers.solo_blas_threads = solo
 
 
 def create(seed: int = 0, **options: Any) -> NumpyBackend:

@@ -207,7 +207,7 @@ class Conv(Op):
         x = xs[0]
         geo = conv_geometry(a, x.shape[1:])
         if a.groups != 1:
-            z, xpad = grouped_conv2d(xp, x, w["kernel"], geo, a.groups)
+            z, xpad = grouped_conv2d(xp, x, w["kernel"], geo, a.groups, workers_of(ctx))
             if "bias" in w:
                 z += w["bias"]
             y, act_saved = activate(xp, a.activation, z)
@@ -226,7 +226,7 @@ class Conv(Op):
         if a.groups != 1:
             dz = activate_backward(xp, a.activation, s.act, dy)
             dx, dk = grouped_conv2d_backward(
-                xp, s.x, dz, w["kernel"], s.geo, a.groups, ctx.wants_grad(0)
+                xp, s.x, dz, w["kernel"], s.geo, a.groups, ctx.wants_grad(0), workers_of(ctx)
             )
             grads = {"kernel": dk}
             if "bias" in w:
