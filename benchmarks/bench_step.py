@@ -433,25 +433,31 @@ NOTES: dict[str, str] = {
 LIMITS = """\
 How cnndsl runs a step: every kernel cuts the batch into chunks of whole
 samples and runs them on a thread per core (`ThreadWorkers`), each chunk
-calling single-threaded BLAS on buffers reused from step to step; lowering
-fixes the variants (conv input gradient 'full' or col2im by shape; no input
-gradient for the first layer; 1×1 convs as plain GEMMs; relu/relu6 fused into
-batchnorm, convs, dense and residual adds, or run in place; zeropad folded
-into the next conv's padding). Times move by ±20% and more with other load on
-the machine, and PyTorch's OpenMP threads suffer more from it than cnndsl's
-chunked lanes (which rebalance when a core is busy): compare ratios measured
-on a quiet machine (see the load averages above). Tried and dropped:
-Winograd F(2×2, 3×3) in NumPy, twice: with the input and output transforms
-as a dozen NumPy passes per tile they cost more than the 2.25× fewer
-multiplies save; with the transforms as skinny BLAS GEMMs (kron(Bᵀ, Bᵀ) times
-the gathered 4×4 tiles) a conv's forward gained 10-25% at 14×14 and 16×16
-with 128 channels and lost 10% at 32×32 with 64, and the Fashion-MNIST and
-ResNet-18 steps did not move outside the noise, because the 16 GEMMs of
-(tiles, c)·(c, f) run at a lower rate than im2col's one GEMM with the long
-inner dimension fh·fw·c, and the transforms add about 40% of their time; and
-a pool of recycled activation buffers (keeping all freed memory in the heap
-with glibc's malloc tunables, which is what such a pool would buy, changed no
-step time measurably)."""
+calling single-threaded BLAS on buffers reused from step to step. BLAS stays
+on one thread for the whole step: OpenBLAS threads left spinning after a
+multithreaded call took a core from the lanes (a GEMM phase ran up to 1.8×
+slower; about 5% of a ResNet-18 step). Lowering fixes the variants by shape:
+conv forward by im2col or Winograd F(2×2, 3×3), the input gradient as a
+'full' convolution, Winograd or col2im, none for the first layer; 1×1 convs
+as plain GEMMs; relu/relu6 fused into batchnorm, convs, dense and residual
+adds, or run in place; zeropad folded into the next conv's padding.
+
+Winograd pays on 3×3 layers with 128 channels or more, where cnndsl uses it:
+measured in one process, alternating with im2col, its forward is 1.16-1.28×
+faster on those layers and its backward 1.05× (dW stays im2col); ResNet-34
+inference gains 1.13×, the training steps 1-3%. With fewer channels its 16
+GEMMs of (tiles, c)·(c, f) run at a lower rate than im2col's one GEMM with
+the long inner dimension fh·fw·c, and the transforms (skinny BLAS GEMMs by
+kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ)) add about 40% of their time.
+
+Times move by ±20% and more with other load on the machine, and PyTorch's
+OpenMP threads suffer more from it than cnndsl's chunked lanes (which
+rebalance when a core is busy): compare ratios measured on a quiet machine
+(see the load averages above). Tried and dropped: Winograd with its
+transforms as a dozen NumPy passes per tile (they cost more than the 2.25×
+fewer multiplies save), and a pool of recycled activation buffers (keeping
+all freed memory in the heap with glibc's malloc tunables, which is what such
+a pool would buy, changed no step time measurably)."""
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ arrays, so the plan is the same for every backend.
 Lowering also fixes kernel choices that depend only on shapes and on the
 graph around a step, so that no kernel decides them per call:
 
-- `Op.plan` variants, merged into the step's attrs (conv's input-gradient
-  method: "full" convolution or col2im, by the layer's shape);
+- `Op.plan` variants, merged into the step's attrs (conv's forward kernel:
+  im2col or Winograd; its input gradient: "full" convolution, Winograd or
+  col2im; both by the layer's shape);
 - fusion (`fuse`): a zeropad read only by a convolution joins that
   convolution's own padding (`fuse_zeropad`); a relu/relu6 whose input is
   read by nothing else moves into the producer (batchnorm's or a residual

@@ -97,6 +97,17 @@ def test_conv_variants_are_recorded_at_lowering(net: Any) -> None:
     assert set(methods.values()) <= {"full", "col2im", "gemm"}
     assert "gemm" in methods.values() and "full" in methods.values()
     assert "col2im" in methods.values()  # the 3×3/2 conv of the strided unit
+    forward = {s.attrs.get("forward") for s in plan if s.op == "conv"}
+    assert forward == {"im2col", "gemm"}  # no conv here is wide enough for Winograd
+    wide = cnndsl.compile(
+        "network n() {\n input x: [8, 8, 128]\n"
+        " return x -> conv(128, 3, padding=same) -> conv(128, 3, stride=2)\n}"
+    )
+    steps = [s for s in lower(wide.graph) if s.op == "conv"]
+    assert [(s.attrs["forward"], s.attrs["input_grad"]) for s in steps] == [
+        ("winograd", "winograd"),
+        ("im2col", "col2im"),
+    ]
 
 
 def test_a_value_read_twice_is_never_overwritten() -> None:

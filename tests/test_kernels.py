@@ -8,6 +8,7 @@ serial ones, one chunk or many, give identical results.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from cnndsl.ops import OPS
 from cnndsl.ops.conv_kernels import (
     conv2d_backward,
     conv2d_forward,
+    forward_method,
     geometry_of,
     grouped_conv2d,
     grouped_conv2d_backward,
@@ -38,7 +40,14 @@ CONVS = [
     ((6, 6, 3), 4, (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0))),  # 1×1: a GEMM
     ((7, 7, 3), 4, (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0))),  # strided 1×1
     ((5, 5, 2), 3, (1, 1), (1, 1), (1, 1), ((1, 1), (1, 1))),  # padded 1×1: im2col
+    ((5, 7, 3), 4, (3, 3), (1, 1), (1, 1), ((2, 0), (0, 1))),  # odd, uneven pads: tiles overhang
+    ((3, 3, 2), 2, (3, 3), (1, 1), (1, 1), ((0, 0), (0, 0))),  # one output pixel, one tile
 ]
+
+
+def winograd_applies(geo: Any) -> bool:
+    """F(2×2, 3×3) runs any 3×3 stride-1 undilated conv when asked (the rule picks by speed)."""
+    return (geo.kernel, geo.stride, geo.dilation) == ((3, 3), (1, 1), (1, 1))
 
 
 def small_chunks() -> Workers:
@@ -58,22 +67,88 @@ def conv_case(i: int, n: int = 5) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("i", range(len(CONVS)))
 @pytest.mark.parametrize("workers", [Workers(), small_chunks(), ThreadWorkers(2)])
-def test_conv2d_forward_matches_whole_batch_im2col(i: int, workers: Workers) -> None:
+@pytest.mark.parametrize("method", ["im2col", "winograd"])
+def test_conv2d_forward_matches_whole_batch_im2col(i: int, workers: Workers, method: str) -> None:
     x, kernel, geo, _ = conv_case(i)
+    if method == "winograd" and not winograd_applies(geo):
+        pytest.skip("Winograd F(2×2, 3×3) is for 3×3 stride-1 undilated kernels")
+    method = "gemm" if geo.pointwise else method
     bias = np.linspace(-1, 1, kernel.shape[3])
     want, _ = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
-    got = conv2d_forward(np, x, kernel, bias, geo, False, workers)
+    got = conv2d_forward(np, x, kernel, bias, geo, False, workers, method)
     np.testing.assert_allclose(got, want + bias, **TIGHT)
-    relu = conv2d_forward(np, x, kernel, bias, geo, True, workers)
+    relu = conv2d_forward(np, x, kernel, bias, geo, True, workers, method)
     np.testing.assert_allclose(relu, np.maximum(want + bias, 0), **TIGHT)
 
 
+def direct_conv(x: np.ndarray, kernel: np.ndarray, pads: Any) -> np.ndarray:
+    """The definition, stride 1: z[n, i, j, f] = Σ_{u, v, c} xpad[n, i+u, j+v, c]·k[u, v, c, f]."""
+    xpad = np.pad(x, ((0, 0), *pads, (0, 0)))
+    fh, fw, c, f = kernel.shape
+    n, hp, wp, _ = xpad.shape
+    z = np.zeros((n, hp - fh + 1, wp - fw + 1, f))
+    for b, i, j, k in itertools.product(*(range(d) for d in z.shape)):
+        for u, v, ch in itertools.product(range(fh), range(fw), range(c)):
+            z[b, i, j, k] += xpad[b, i + u, j + v, ch] * kernel[u, v, ch, k]
+    return z
+
+
+@pytest.mark.parametrize("i", [i for i, case in enumerate(CONVS) if case[2:4] == ((3, 3), (1, 1))])
+def test_winograd_matches_the_definition_and_finite_differences(i: int) -> None:
+    """F(2×2, 3×3) against direct loops (forward) and central differences (input gradient)."""
+    x, kernel, geo, dz = conv_case(i, n=2)
+    z = conv2d_forward(np, x, kernel, None, geo, False, SERIAL, "winograd")
+    np.testing.assert_allclose(z, direct_conv(x, kernel, geo.pads), **TIGHT)
+    dx, _, _ = conv2d_backward(
+        np, x, dz, kernel, geo, want_dx=True, want_db=False, method="winograd",
+        relu_out=None, workers=SERIAL,
+    )  # fmt: skip
+    assert dx is not None
+    numeric = np.zeros_like(x)
+    step = 1e-6
+    for index in np.ndindex(*x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += step
+        minus[index] -= step
+        up, down = (
+            conv2d_forward(np, t, kernel, None, geo, False, SERIAL, "winograd")
+            for t in (plus, minus)
+        )
+        numeric[index] = (np.sum(up * dz) - np.sum(down * dz)) / (2 * step)
+    np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-7)
+
+
+def test_winograd_matches_pytorch() -> None:
+    """Forward and input gradient of a Winograd-sized conv (128 channels) against torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 6, 5, 128)).astype(np.float32)
+    kernel = (rng.normal(size=(3, 3, 128, 128)) / 34).astype(np.float32)
+    geo = geometry_of(x.shape[1:], (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+    assert forward_method(geo, 128) == "winograd" and input_grad_method(geo, 128) == "winograd"
+    dz = rng.normal(size=(3, 6, 5, 128)).astype(np.float32)
+    z = conv2d_forward(np, x, kernel, None, geo, False, ThreadWorkers(2))
+    dx, dk, _ = conv2d_backward(
+        np, x, dz, kernel, geo, want_dx=True, want_db=False, method="winograd",
+        relu_out=None, workers=ThreadWorkers(2),
+    )  # fmt: skip
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tk = torch.tensor(kernel.transpose(3, 2, 0, 1))
+    tz = torch.nn.functional.conv2d(tx, tk, padding=1)
+    tz.backward(torch.tensor(dz.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(z, tz.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    assert tx.grad is not None
+    np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("i", range(len(CONVS)))
-@pytest.mark.parametrize("method", ["full", "col2im", "gemm"])
+@pytest.mark.parametrize("method", ["full", "winograd", "col2im", "gemm"])
 def test_conv2d_input_gradient_variants_agree(i: int, method: str) -> None:
     x, kernel, geo, dz = conv_case(i)
     if method == "full" and geo.transposed(kernel.shape[3]) is None:
         pytest.skip("the full-convolution variant needs stride 1")
+    if method == "winograd" and not winograd_applies(geo):
+        pytest.skip("Winograd F(2×2, 3×3) is for 3×3 stride-1 undilated kernels")
     if (method == "gemm") != geo.pointwise:
         pytest.skip("the GEMM variant is the 1×1 kernels' only one")
     _, xpad = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
@@ -101,14 +176,18 @@ def test_conv2d_fused_relu_backward_equals_masking_first(i: int) -> None:
 
 
 @pytest.mark.parametrize("i", range(len(CONVS)))
-def test_threads_and_chunks_do_not_change_a_bit(i: int) -> None:
+@pytest.mark.parametrize("winograd", [False, True])
+def test_threads_and_chunks_do_not_change_a_bit(i: int, winograd: bool) -> None:
     """The threaded workers give the serial workers' exact bits (float32, as trained)."""
     x, kernel, geo, dz = (a.astype(np.float32) if hasattr(a, "astype") else a for a in conv_case(i))
-    method = input_grad_method(geo, kernel.shape[3])
+    if winograd and not winograd_applies(geo):
+        pytest.skip("Winograd F(2×2, 3×3) is for 3×3 stride-1 undilated kernels")
+    method = "winograd" if winograd else input_grad_method(geo, kernel.shape[3])
+    forward = "winograd" if winograd else None
     results = []
     for workers in (Workers(chunk_bytes=1 << 10), ThreadWorkers(2), ThreadWorkers(3)):
         workers.chunk_bytes = 1 << 10
-        y = conv2d_forward(np, x, kernel, None, geo, True, workers)
+        y = conv2d_forward(np, x, kernel, None, geo, True, workers, forward)
         grads = conv2d_backward(
             np, x, dz, kernel, geo, want_dx=True, want_db=True, method=method,
             relu_out=y, workers=workers,
@@ -137,11 +216,32 @@ def test_input_gradient_method_by_shape() -> None:
         return input_grad_method(geo, filters)
 
     assert method((32, 32, 64), 3, 1, 64) == "full"
-    assert method((7, 7, 256), 3, 1, 256) == "full"
+    assert method((7, 7, 256), 3, 1, 256) == "winograd"
     assert method((8, 8, 64), 3, 2, 128) == "col2im"
     assert method((14, 14, 64), 3, 1, 128) == "col2im"
-    assert method((4, 4, 512), 3, 1, 512) == "col2im"
+    assert method((4, 4, 512), 3, 1, 512) == "winograd"
+    assert method((3, 3, 512), 3, 1, 512) == "col2im"  # a 2×2 tile grid for 3×3: mostly waste
     assert method((8, 8, 16), 1, 2, 64) == "gemm"
+
+
+def test_forward_method_by_shape() -> None:
+    """Winograd for 3×3 stride-1 convs with 128 channels or more, where tiles barely overhang."""
+
+    def method(shape: Any, kernel: int, stride: int, filters: int, dilation: int = 1) -> str:
+        p = dilation * (kernel // 2) if stride == 1 else 0
+        d = (dilation, dilation)
+        geo = geometry_of(shape, (kernel, kernel), (stride, stride), d, ((p, p), (p, p)))
+        return forward_method(geo, filters)
+
+    assert method((14, 14, 128), 3, 1, 128) == "winograd"
+    assert method((7, 7, 256), 3, 1, 256) == "winograd"  # 4×4 tiles compute 8×8: 31% over
+    assert method((5, 5, 256), 3, 1, 256) == "im2col"  # 3×3 tiles compute 6×6: 44% over
+    assert method((32, 32, 64), 3, 1, 64) == "im2col"
+    assert method((14, 14, 64), 3, 1, 128) == "im2col"
+    assert method((16, 16, 128), 3, 2, 128) == "im2col"
+    assert method((16, 16, 128), 3, 1, 128, dilation=2) == "im2col"
+    assert method((16, 16, 128), 5, 1, 128) == "im2col"
+    assert method((16, 16, 128), 1, 1, 128) == "gemm"
 
 
 # ---- depthwise ----

@@ -26,6 +26,7 @@ from cnndsl.ops.conv_kernels import (
     Geometry,
     conv2d_backward,
     conv2d_forward,
+    forward_method,
     geometry_of,
     grouped_conv2d,
     grouped_conv2d_backward,
@@ -195,10 +196,14 @@ class Conv(Op):
         return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
 
     def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
-        """The input-gradient variant for this shape ("full", "col2im" or "gemm")."""
+        """The kernels for this shape: forward_method's and input_grad_method's choices."""
         if a.groups != 1:
             return {}
-        return {"input_grad": input_grad_method(conv_geometry(a, xs[0]), a.filters)}
+        geo = conv_geometry(a, xs[0])
+        return {
+            "forward": forward_method(geo, a.filters),
+            "input_grad": input_grad_method(geo, a.filters),
+        }
 
     def fresh_output(self, a: Attrs) -> bool:
         return a.activation == "none"
@@ -213,7 +218,8 @@ class Conv(Op):
             y, act_saved = activate(xp, a.activation, z)
             return y, ConvSaved(xpad, geo, act_saved, False)
         relu = a.activation == "relu"
-        z = conv2d_forward(xp, x, w["kernel"], w.get("bias"), geo, relu, workers_of(ctx))
+        method = a.get("forward") or forward_method(geo, a.filters)
+        z = conv2d_forward(xp, x, w["kernel"], w.get("bias"), geo, relu, workers_of(ctx), method)
         if relu:  # applied chunk by chunk; it saves its output, as Relu.forward does
             return z, ConvSaved(x, geo, z, True)
         y, act_saved = activate(xp, a.activation, z)

@@ -9,16 +9,19 @@ conv2d (groups = 1) works through chunks of whole samples (`Workers`):
 - forward: copy a chunk's patches into a reused column buffer
   (nb·oh·ow, fh·fw·c) and multiply by the kernel (fh·fw·c, f) straight
   into the output; bias and a fused relu are applied while the chunk is
-  hot. A 1×1 convolution multiplies the pixels directly, without columns.
+  hot. A 1×1 convolution multiplies the pixels directly, without columns;
+  a wide 3×3 stride-1 one runs as Winograd F(2×2, 3×3) (`winograd`),
+  chosen at lowering from the layer's shape (`forward_method`).
 - backward: the same chunks rebuild their columns (nothing but the input
   is kept from the forward pass) for dW = colsᵀ·dz, written one partial
   per chunk and summed in chunk order (the same bits for any lane count).
-  The input gradient is one of two variants, chosen at lowering from the
+  The input gradient is one of three variants, chosen at lowering from the
   layer's shape (`input_grad_method`):
-    "full":   stride 1 only: dx is the correlation of the zero-padded dz
-              with the flipped, transposed kernel: columns of dz, one GEMM.
-    "col2im": dcols = dz·Wᵀ, then each kernel offset scatter-adds its
-              slice onto the (padded) input: any stride and dilation.
+    "full":     stride 1 only: dx is the correlation of the zero-padded dz
+                with the flipped, transposed kernel: columns of dz, one GEMM.
+    "winograd": the same correlation by F(2×2, 3×3), for wide 3×3 convs.
+    "col2im":   dcols = dz·Wᵀ, then each kernel offset scatter-adds its
+                slice onto the (padded) input: any stride and dilation.
   The first layer of a network computes no input gradient at all.
 
 Grouped convolutions (groups > 1) take the plain whole-batch path.
@@ -30,11 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cnndsl.ops import winograd
 from cnndsl.ops.registry import Array
 from cnndsl.ops.workers import Workers
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 NOPAD: Pads = ((0, 0), (0, 0))
+WINOGRAD_MIN_CHANNELS = 128  # fewer: the per-tile GEMMs are too thin to pay for the transforms
 GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partials few
 
 
@@ -149,18 +154,49 @@ def im2col_view(xp: Any, xpad: Array, geo: Geometry) -> Array:
     )
 
 
-def input_grad_method(geo: Geometry, filters: int) -> str:
-    """How conv2d's backward computes dx for this shape: "full" or "col2im".
+def winograd_fits(geo: Geometry, filters: int) -> bool:
+    """Whether F(2×2, 3×3) beats im2col for this conv (the input gradient: the same test).
 
-    Both cost the same GEMM flops. "full" copies fh·fw·f values per input
-    pixel into columns of dz; "col2im" writes fh·fw·c values of dcols per
-    output pixel and adds them back in fh·fw strided passes, and its GEMM has
-    the short inner dimension f (slow in BLAS). "full" needs stride 1.
+    It needs a 3×3 stride-1 undilated kernel. NOTE: measured against im2col on
+    the benchmark networks' layers (benchmarks/RESULTS.md), forward, batch 64,
+    two lanes: 1.16-1.28× faster with 128 channels or more in and out (14×14,
+    16×16, 8×8, 4×4 maps; 1.08× at 7×7, whose 4×4 tiles compute 8×8), a tie
+    at 128→256 on 7×7 and 64→128 on 14×14, and 7% slower at 32×32 with 64:
+    with few channels its 16 GEMMs of (tiles, c)·(c, f) have too short an
+    inner dimension for BLAS. Tiles that overhang the map (odd sizes) are
+    wasted work, hence the cap on how much of a tile may hang over.
+    """
+    if (geo.kernel, geo.stride, geo.dilation) != ((3, 3), (1, 1), (1, 1)):
+        return False
+    th, tw = winograd.tiles(geo.out)
+    overhang = 4 * th * tw / (geo.out[0] * geo.out[1])
+    return min(geo.channels, filters) >= WINOGRAD_MIN_CHANNELS and overhang <= 1.35
+
+
+def forward_method(geo: Geometry, filters: int) -> str:
+    """How conv2d_forward runs this shape: "gemm" (1×1), "winograd" or "im2col"."""
+    if geo.pointwise:
+        return "gemm"
+    return "winograd" if winograd_fits(geo, filters) else "im2col"
+
+
+def input_grad_method(geo: Geometry, filters: int) -> str:
+    """How conv2d's backward computes dx for this shape: "winograd", "full" or "col2im".
+
+    "full" and "col2im" cost the same GEMM flops. "full" copies fh·fw·f values
+    per input pixel into columns of dz; "col2im" writes fh·fw·c values of
+    dcols per output pixel and adds them back in fh·fw strided passes, and its
+    GEMM has the short inner dimension f (slow in BLAS). "full" needs stride
+    1; "winograd" is "full" done by F(2×2, 3×3) (`winograd_fits`, with the
+    roles of c and f swapped: dz has f channels, dx has c).
     """
     if geo.pointwise:
         return "gemm"
-    if geo.transposed(filters) is None:
+    full = geo.transposed(filters)
+    if full is None:
         return "col2im"
+    if winograd_fits(full, geo.channels):
+        return "winograd"
     # NOTE: measured on the benchmark networks' layers (benchmarks/RESULTS.md):
     # "full" is up to 25% faster where f <= c on maps of 7×7 and more (every
     # stride-1 ResNet conv); where f = 2c the two tie, and on 4×4 maps (dz's
@@ -243,24 +279,35 @@ def conv2d_forward(
     geo: Geometry,
     relu: bool,
     workers: Workers,
+    method: str | None = None,
 ) -> Array:
-    """z = x ⋆ kernel (+ bias, then relu if asked) for groups = 1; a fresh (N, oh, ow, f) array."""
+    """z = x ⋆ kernel (+ bias, then relu if asked) for groups = 1; a fresh (N, oh, ow, f) array.
+
+    method: forward_method's choice (derived from the shape if not given).
+    """
     n = x.shape[0]
     fh, fw, c, f = kernel.shape
     oh, ow = geo.out
     z = xp.empty((n, oh, ow, f), dtype=xp.result_type(x, kernel))
     z2 = z.reshape(-1, f)
     wmat = kernel.reshape(fh * fw * c, f)
+    u = None
+    if (method or forward_method(geo, f)) == "winograd":
+        with workers.one_blas_thread():  # NOTE: spinning BLAS threads would slow the lanes
+            u = winograd.transform_kernel(xp, kernel)
 
     def run(lane: int, chunk: tuple[int, int]) -> None:
         n0, n1 = chunk
-        if geo.pointwise:
-            a = _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
-        else:
-            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
-            a = columns(xp, workers, lane, "cols", src, geo)
         out = z2[n0 * oh * ow : n1 * oh * ow]
-        xp.matmul(a, wmat, out=out)
+        if u is not None:
+            winograd.correlate_chunk(xp, workers, lane, x[n0:n1], geo.pads, u, z[n0:n1])
+        else:
+            if geo.pointwise:
+                a = _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
+            else:
+                src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
+                a = columns(xp, workers, lane, "cols", src, geo)
+            xp.matmul(a, wmat, out=out)
         if bias is not None:
             out += bias
         if relu:
@@ -302,12 +349,17 @@ def conv2d_backward(
     dk_parts = workers.scratch(xp, -1, "dk_parts", (len(chunks), k, f), dtype)
     db_parts = workers.scratch(xp, -1, "db_parts", (len(chunks), f), dtype) if want_db else None
     dx = xp.empty(x.shape, dtype=dtype) if want_dx else None
-    full = geo.transposed(f) if method == "full" else None
-    wfull = None
-    if want_dx and method == "full":
-        assert full is not None, "the 'full' input gradient needs stride 1"
+    full = geo.transposed(f) if method in ("full", "winograd") else None
+    wfull = ufull = None
+    if want_dx and method in ("full", "winograd"):
+        assert full is not None, f"the '{method}' input gradient needs stride 1"
         # dx = dz ⋆ W', W'[u, v, f, c] = W[fh−1−u, fw−1−v, c, f]
-        wfull = xp.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(-1, c)
+        flipped = xp.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        if method == "winograd":
+            with workers.one_blas_thread():  # NOTE: spinning BLAS threads would slow the lanes
+                ufull = winograd.transform_kernel(xp, flipped)
+        else:
+            wfull = flipped.reshape(-1, c)
     index = {chunk: i for i, chunk in enumerate(chunks)}
 
     def run(lane: int, chunk: tuple[int, int]) -> None:
@@ -331,6 +383,9 @@ def conv2d_backward(
             return
         if geo.pointwise:
             _pointwise_dx(xp, dz, wmat, dx, n0, n1, geo)
+        elif full is not None and ufull is not None:
+            dz4 = dz.reshape(n1 - n0, oh, ow, f)
+            winograd.correlate_chunk(xp, workers, lane, dz4, full.pads, ufull, dx[n0:n1])
         elif full is not None and wfull is not None:
             dzpad = padded_chunk(
                 xp, workers, lane, "dzpad", dz.reshape(n1 - n0, oh, ow, f), 0, n1 - n0, full.pads

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from cnndsl.ir import Graph, Layer
 
 BYTES = 4  # float32
-SCRATCH = 16 << 20  # bytes of im2col scratch a chunked kernel keeps (a few lanes of 4 MiB)
+# Bytes of scratch the chunked conv kernels keep: per lane, about 4 MiB of
+# im2col columns and, for Winograd layers, about 1.5× that in tile buffers.
+SCRATCH = 32 << 20
 
 
 @dataclass(frozen=True)
