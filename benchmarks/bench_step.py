@@ -405,29 +405,31 @@ FAMILIES = {
 }
 
 NOTES: dict[str, str] = {
-    "fashion_mnist": "Convolutions are GEMM-bound. The bare OpenBLAS GEMM of each 3×3 layer's"
-    " forward (the same multiply-adds, one single-threaded GEMM per chunk on each core,"
-    " 175-245 GFLOP/s) alone takes 1.2-1.7× PyTorch's whole oneDNN convolution of that layer"
-    " (measured 2026-11-28: 9.2 vs 7.5 ms at 14×14, 64→128; 16.2 vs 12.3 ms at 14×14,"
-    " 128→128; 15.0 vs 10.9 ms at 7×7, 256→256), and backward is two such GEMMs (dW; dx as"
-    " a 'full' convolution or col2im, whichever lowering picked). The im2col copies add"
-    " 10-20% to a conv's forward. Max pooling (2×2, tiled: one masked write per tap) is"
-    " most of the rest. The gap is NumPy's BLAS: on the GEMM shapes of these convs' chunks"
-    " (M = 392-12544 rows, K·N = 576·64 to 2304·256), single-threaded OpenBLAS reached"
-    " 100-140 GFLOP/s where MKL's sgemm (torch.mm, same shapes, alternating processes)"
-    " reached 145-160 (measured 2026-11-28); the GEMMs are 80-85% of a conv's time.",
-    "resnet18_cifar": "The same GEMM limit on every 3×3 conv (the stride-1 ones take dx as a"
-    " full convolution). Batchnorm (fused with its relu, two passes forward, two backward)"
-    " is as fast as PyTorch's forward but still makes about a dozen NumPy operations over"
-    " each chunk in backward where PyTorch's kernel makes two or three passes: about 1.7×"
-    " PyTorch's batchnorm backward.",
+    "fashion_mnist": "Convolutions are GEMM-bound, and the gap is NumPy's BLAS. On the GEMM"
+    " shapes of these convs' chunks (M = 392-12544 rows, K·N = 576·64 to 2304·256),"
+    " single-threaded OpenBLAS reached 100-140 GFLOP/s where MKL's sgemm (torch.mm, same"
+    " shapes, alternating processes) reached 145-160 (measured 2026-11-28), and the GEMMs"
+    " are 80-85% of a conv's time; the bare OpenBLAS GEMMs of a 3×3 layer's forward alone"
+    " took 1.2-1.7× PyTorch's whole oneDNN convolution of that layer. Backward is two such"
+    " GEMMs (dW; dx as a 'full' convolution, Winograd or col2im, as lowering picked). The"
+    " two 3×3 convs with 128 channels or more in and out run as Winograd F(2×2, 3×3). The"
+    " im2col copies add 10-20% to a conv's forward; max pooling (2×2, tiled: one masked"
+    " write per tap) is most of the rest.",
+    "resnet18_cifar": "The same GEMM limit on every 3×3 conv: the 64-channel ones run as im2col"
+    " (dx as a full convolution), the wider ones forward and dx by Winograd F(2×2, 3×3),"
+    " whose 16 GEMMs per chunk have the same limit; dW is im2col everywhere. Batchnorm"
+    " (fused with its relu, two passes forward, two backward) is as fast as PyTorch's"
+    " forward but still makes about a dozen NumPy operations over each chunk in backward"
+    " where PyTorch's kernel makes two or three passes: about 1.7× PyTorch's batchnorm"
+    " backward.",
     "mobilenet96": "Memory-bound, not GEMM-bound: the depthwise convs cost two NumPy passes"
     " per kernel tap forward and four backward (rows run as contiguous ow·c strips with a"
     " tiled kernel row, so NumPy's inner loops are long), and batchnorm + relu6 the passes"
     " above; the 1×1 convs are plain GEMMs.",
     "resnet34_infer": "Convolutions only: batchnorm is folded into them (passes/fold.py), the"
-    " relu of each conv runs inside its GEMM chunk and relu(a + b) inside the add. PyTorch's"
-    " eager NCHW model runs batchnorm as a separate pass.",
+    " relu of each conv runs inside its GEMM chunk and relu(a + b) inside the add, and the"
+    " 3×3 convs with 128 channels or more run as Winograd F(2×2, 3×3). PyTorch's eager NCHW"
+    " model runs batchnorm as a separate pass.",
 }
 
 LIMITS = """\
