@@ -39,17 +39,22 @@ def cores() -> int:
 
 
 class _Blas:
-    """Limits BLAS to one thread while the worker threads run (lazily imported)."""
+    """Sets how many threads BLAS uses, for a `with` block (threadpoolctl, lazily imported)."""
 
     controller: Any = None
     tried = False
+    # The thread count our own blocks set, None outside them. NOTE: a kernel
+    # call enters a block, and threadpoolctl takes ~20 µs to set and restore:
+    # a block asking for what is already set skips it.
+    current: int | None = None
 
     @classmethod
     def single(cls) -> contextlib.AbstractContextManager[Any]:
         return cls.limit(1)
 
     @classmethod
-    def limit(cls, threads: int) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def limit(cls, threads: int) -> Iterator[None]:
         if not cls.tried:
             cls.tried = True
             try:
@@ -58,9 +63,16 @@ class _Blas:
                 cls.controller = ThreadpoolController()
             except ImportError:  # NOTE: scikit-learn brings it; without it, BLAS as configured
                 cls.controller = None
-        if cls.controller is None:
-            return contextlib.nullcontext()
-        return cls.controller.limit(limits=threads, user_api="blas")
+        if cls.controller is None or cls.current == threads:
+            yield
+            return
+        previous = cls.current
+        with cls.controller.limit(limits=threads, user_api="blas"):
+            cls.current = threads
+            try:
+                yield
+            finally:
+                cls.current = previous
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
