@@ -40,6 +40,7 @@ from cnndsl.ops.workers import Workers
 Pads = tuple[tuple[int, int], tuple[int, int]]
 NOPAD: Pads = ((0, 0), (0, 0))
 WINOGRAD_MIN_CHANNELS = 128  # fewer: the per-tile GEMMs are too thin to pay for the transforms
+WINOGRAD_MAX_OVERHANG = 1.35  # tile area over map area: 7×7 (8×8 computed) passes, 5×5 does not
 GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partials few
 
 
@@ -170,7 +171,7 @@ def winograd_fits(geo: Geometry, filters: int) -> bool:
         return False
     th, tw = winograd.tiles(geo.out)
     overhang = 4 * th * tw / (geo.out[0] * geo.out[1])
-    return min(geo.channels, filters) >= WINOGRAD_MIN_CHANNELS and overhang <= 1.35
+    return min(geo.channels, filters) >= WINOGRAD_MIN_CHANNELS and overhang <= WINOGRAD_MAX_OVERHANG
 
 
 def forward_method(geo: Geometry, filters: int) -> str:
