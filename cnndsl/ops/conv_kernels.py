@@ -10,7 +10,7 @@ conv2d (groups = 1) works through chunks of whole samples (`Workers`):
   (nb·oh·ow, fh·fw·c) and multiply by the kernel (fh·fw·c, f) straight
   into the output; bias and a fused relu are applied while the chunk is
   hot. A 1×1 convolution multiplies the pixels directly, without columns;
-  a wide 3×3 stride-1 one runs as Winograd F(2×2, 3×3) (`winograd`),
+  a wide 3×3 stride-1 one runs as Winograd F(4×4, 3×3) (`winograd`),
   chosen at lowering from the layer's shape (`forward_method`).
 - backward: the same chunks rebuild their columns (nothing but the input
   is kept from the forward pass) for dW = colsᵀ·dz, written one partial
@@ -19,7 +19,7 @@ conv2d (groups = 1) works through chunks of whole samples (`Workers`):
   layer's shape (`input_grad_method`):
     "full":     stride 1 only: dx is the correlation of the zero-padded dz
                 with the flipped, transposed kernel: columns of dz, one GEMM.
-    "winograd": the same correlation by F(2×2, 3×3), for wide 3×3 convs.
+    "winograd": the same correlation by F(4×4, 3×3), for wide 3×3 convs.
     "col2im":   dcols = dz·Wᵀ, then each kernel offset scatter-adds its
                 slice onto the (padded) input: any stride and dilation.
   The first layer of a network computes no input gradient at all.
@@ -39,8 +39,8 @@ from cnndsl.ops.workers import Workers
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 NOPAD: Pads = ((0, 0), (0, 0))
-WINOGRAD_MIN_CHANNELS = 128  # fewer: the per-tile GEMMs are too thin to pay for the transforms
-WINOGRAD_MAX_OVERHANG = 1.35  # tile area over map area: 7×7 (8×8 computed) passes, 5×5 does not
+WINOGRAD_MIN_CHANNELS = 32  # fewer: the per-tile GEMMs are too thin to pay for the transforms
+WINOGRAD_MAX_OVERHANG = 1.35  # tile area over map area: 14×14 and 7×7 (16×16, 8×8) pass
 GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partials few
 
 
@@ -156,21 +156,20 @@ def im2col_view(xp: Any, xpad: Array, geo: Geometry) -> Array:
 
 
 def winograd_fits(geo: Geometry, filters: int) -> bool:
-    """Whether F(2×2, 3×3) beats im2col for this conv (the input gradient: the same test).
+    """Whether F(4×4, 3×3) beats im2col for this conv (the input gradient: the same test).
 
     It needs a 3×3 stride-1 undilated kernel. NOTE: measured against im2col on
     the benchmark networks' layers (benchmarks/RESULTS.md), forward, batch 64,
-    two lanes: 1.16-1.28× faster with 128 channels or more in and out (14×14,
-    16×16, 8×8, 4×4 maps; 1.08× at 7×7, whose 4×4 tiles compute 8×8), a tie
-    at 128→256 on 7×7 and 64→128 on 14×14, and 7% slower at 32×32 with 64:
-    with few channels its 16 GEMMs of (tiles, c)·(c, f) have too short an
-    inner dimension for BLAS. Tiles that overhang the map (odd sizes) are
-    wasted work, hence the cap on how much of a tile may hang over.
+    two lanes: 1.2-1.5× faster on 32×32, 28×28, 16×16 and 8×8 maps with 32
+    channels or more, 1.1-1.2× on 14×14, a tie on 7×7 (whose 4×4 tiles
+    compute 8×8). With fewer channels its 36 GEMMs of (tiles, c)·(c, f) are
+    too thin for BLAS, and tiles that overhang the map (sizes that are no
+    multiple of 4) are wasted work, hence the cap on the overhang.
     """
     if (geo.kernel, geo.stride, geo.dilation) != ((3, 3), (1, 1), (1, 1)):
         return False
     th, tw = winograd.tiles(geo.out)
-    overhang = 4 * th * tw / (geo.out[0] * geo.out[1])
+    overhang = winograd.TILE**2 * th * tw / (geo.out[0] * geo.out[1])
     return min(geo.channels, filters) >= WINOGRAD_MIN_CHANNELS and overhang <= WINOGRAD_MAX_OVERHANG
 
 
@@ -188,7 +187,7 @@ def input_grad_method(geo: Geometry, filters: int) -> str:
     per input pixel into columns of dz; "col2im" writes fh·fw·c values of
     dcols per output pixel and adds them back in fh·fw strided passes, and its
     GEMM has the short inner dimension f (slow in BLAS). "full" needs stride
-    1; "winograd" is "full" done by F(2×2, 3×3) (`winograd_fits`, with the
+    1; "winograd" is "full" done by F(4×4, 3×3) (`winograd_fits`, with the
     roles of c and f swapped: dz has f channels, dx has c).
     """
     if geo.pointwise:
