@@ -16,7 +16,7 @@ graph around a step, so that no kernel decides them per call:
 
 - `Op.plan` variants, merged into the step's attrs (conv's forward kernel:
   im2col or Winograd; its input gradient: "full" convolution, Winograd or
-  col2im; both by the layer's shape);
+  col2im; its kernel gradient: im2col or Winograd; all by the layer's shape);
 - fusion (`fuse`): a zeropad read only by a convolution joins that
   convolution's own padding (`fuse_zeropad`); a relu/relu6 whose input is
   read by nothing else moves into the producer (batchnorm's or a residual

@@ -104,10 +104,8 @@ def test_conv_variants_are_recorded_at_lowering(net: Any) -> None:
         " return x -> conv(128, 3, padding=same) -> conv(128, 3, stride=2)\n}"
     )
     steps = [s for s in lower(wide.graph) if s.op == "conv"]
-    assert [(s.attrs["forward"], s.attrs["input_grad"]) for s in steps] == [
-        ("winograd", "winograd"),
-        ("im2col", "col2im"),
-    ]
+    kernels = [(s.attrs["forward"], s.attrs["input_grad"], s.attrs["kernel_grad"]) for s in steps]
+    assert kernels == [("winograd", "winograd", "winograd"), ("im2col", "col2im", "im2col")]
 
 
 def test_a_value_read_twice_is_never_overwritten() -> None:

@@ -24,6 +24,7 @@ from cnndsl.ops.conv_kernels import (
     grouped_conv2d,
     grouped_conv2d_backward,
     input_grad_method,
+    kernel_grad_method,
 )
 from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
 from cnndsl.ops.registry import Context, same_padding
@@ -95,15 +96,22 @@ def direct_conv(x: np.ndarray, kernel: np.ndarray, pads: Any) -> np.ndarray:
 
 @pytest.mark.parametrize("i", [i for i, case in enumerate(CONVS) if case[2:4] == ((3, 3), (1, 1))])
 def test_winograd_matches_the_definition_and_finite_differences(i: int) -> None:
-    """F(2×2, 3×3) against direct loops (forward) and central differences (input gradient)."""
+    """Winograd against direct loops (forward, dW) and central differences (dx)."""
     x, kernel, geo, dz = conv_case(i, n=2)
     z = conv2d_forward(np, x, kernel, None, geo, False, SERIAL, "winograd")
     np.testing.assert_allclose(z, direct_conv(x, kernel, geo.pads), **TIGHT)
-    dx, _, _ = conv2d_backward(
+    dx, dk, _ = conv2d_backward(
         np, x, dz, kernel, geo, want_dx=True, want_db=False, method="winograd",
-        relu_out=None, workers=SERIAL,
+        relu_out=None, workers=SERIAL, kernel_method="winograd",
     )  # fmt: skip
     assert dx is not None
+    # dW[u, v, c, f] = Σ_{n, i, j} xpad[n, i+u, j+v, c]·dz[n, i, j, f]
+    xpad = np.pad(x, ((0, 0), *geo.pads, (0, 0)))
+    want_dk = np.zeros_like(kernel)
+    for u, v, c, f in itertools.product(*(range(d) for d in kernel.shape)):
+        for b, row, col in itertools.product(*(range(d) for d in dz.shape[:3])):
+            want_dk[u, v, c, f] += xpad[b, row + u, col + v, c] * dz[b, row, col, f]
+    np.testing.assert_allclose(dk, want_dk, **TIGHT)
     numeric = np.zeros_like(x)
     step = 1e-6
     for index in np.ndindex(*x.shape):
@@ -119,26 +127,29 @@ def test_winograd_matches_the_definition_and_finite_differences(i: int) -> None:
 
 
 def test_winograd_matches_pytorch() -> None:
-    """Forward and input gradient of a Winograd-sized conv (float32, 64 channels) against torch."""
+    """Forward and both gradients of a Winograd-sized conv (float32, 64 channels) against torch."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     x = rng.normal(size=(3, 8, 7, 64)).astype(np.float32)
     kernel = (rng.normal(size=(3, 3, 64, 64)) / 24).astype(np.float32)
     geo = geometry_of(x.shape[1:], (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
-    assert forward_method(geo, 64) == "winograd" and input_grad_method(geo, 64) == "winograd"
+    assert forward_method(geo, 64) == input_grad_method(geo, 64) == "winograd"
+    assert kernel_grad_method(geo, 64) == "winograd"
     dz = rng.normal(size=(3, 8, 7, 64)).astype(np.float32)
     z = conv2d_forward(np, x, kernel, None, geo, False, ThreadWorkers(2))
     dx, dk, _ = conv2d_backward(
         np, x, dz, kernel, geo, want_dx=True, want_db=False, method="winograd",
-        relu_out=None, workers=ThreadWorkers(2),
+        relu_out=None, workers=ThreadWorkers(2), kernel_method="winograd",
     )  # fmt: skip
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
-    tk = torch.tensor(kernel.transpose(3, 2, 0, 1))
+    tk = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
     tz = torch.nn.functional.conv2d(tx, tk, padding=1)
     tz.backward(torch.tensor(dz.transpose(0, 3, 1, 2)))
     np.testing.assert_allclose(z, tz.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
     assert tx.grad is not None
     np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    assert tk.grad is not None
+    np.testing.assert_allclose(dk, tk.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("i", range(len(CONVS)))
@@ -153,10 +164,14 @@ def test_conv2d_input_gradient_variants_agree(i: int, method: str) -> None:
         pytest.skip("the GEMM variant is the 1×1 kernels' only one")
     _, xpad = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
     want_dx, want_dk = grouped_conv2d_backward(np, xpad, dz, kernel, geo, 1, True, SERIAL)
-    for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
+    kernel_methods = ["gemm"] if geo.pointwise else ["im2col"]
+    kernel_methods += ["winograd"] if winograd_applies(geo) else []
+    for workers, kernel_method in itertools.product(
+        (Workers(), small_chunks(), ThreadWorkers(2)), kernel_methods
+    ):
         dx, dk, db = conv2d_backward(
             np, x, dz, kernel, geo, want_dx=True, want_db=True, method=method,
-            relu_out=None, workers=workers,
+            relu_out=None, workers=workers, kernel_method=kernel_method,
         )  # fmt: skip
         np.testing.assert_allclose(dx, want_dx, **TIGHT)
         np.testing.assert_allclose(dk, want_dk, **TIGHT)
@@ -190,7 +205,7 @@ def test_threads_and_chunks_do_not_change_a_bit(i: int, winograd: bool) -> None:
         y = conv2d_forward(np, x, kernel, None, geo, True, workers, forward)
         grads = conv2d_backward(
             np, x, dz, kernel, geo, want_dx=True, want_db=True, method=method,
-            relu_out=y, workers=workers,
+            relu_out=y, workers=workers, kernel_method=forward,
         )  # fmt: skip
         results.append((y, *grads))
     for other in results[1:]:
@@ -224,6 +239,22 @@ def test_input_gradient_method_by_shape() -> None:
     assert method((3, 3, 512), 3, 1, 512) == "col2im"  # one 4×4 tile for 3×3: mostly waste
     assert method((2, 2, 512), 3, 1, 512) == "col2im"
     assert method((8, 8, 16), 1, 2, 64) == "gemm"
+
+
+def test_kernel_gradient_method_by_shape() -> None:
+    """dW by Winograd where the forward's test holds and a sample has 4 tiles or more."""
+
+    def method(shape: Any, filters: int, kernel: int = 3) -> str:
+        p = kernel // 2
+        geo = geometry_of(shape, (kernel, kernel), (1, 1), (1, 1), ((p, p), (p, p)))
+        return kernel_grad_method(geo, filters)
+
+    assert method((32, 32, 64), 64) == "winograd"
+    assert method((8, 8, 256), 256) == "winograd"
+    assert method((7, 7, 256), 256) == "winograd"  # 2×2 tiles
+    assert method((4, 4, 512), 512) == "im2col"  # one tile a sample
+    assert method((32, 32, 16), 64) == "im2col"
+    assert method((32, 32, 64), 64, kernel=1) == "gemm"
 
 
 def test_forward_method_by_shape() -> None:

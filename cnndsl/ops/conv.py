@@ -31,6 +31,7 @@ from cnndsl.ops.conv_kernels import (
     grouped_conv2d,
     grouped_conv2d_backward,
     input_grad_method,
+    kernel_grad_method,
 )
 from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
 from cnndsl.ops.registry import (
@@ -203,6 +204,7 @@ class Conv(Op):
         return {
             "forward": forward_method(geo, a.filters),
             "input_grad": input_grad_method(geo, a.filters),
+            "kernel_grad": kernel_grad_method(geo, a.filters),
         }
 
     def fresh_output(self, a: Attrs) -> bool:
@@ -252,6 +254,7 @@ class Conv(Op):
             method=method,
             relu_out=s.act if s.fused_relu else None,
             workers=workers_of(ctx),
+            kernel_method=a.get("kernel_grad") or kernel_grad_method(s.geo, a.filters),
         )
         grads = {"kernel": dk}
         if db is not None:

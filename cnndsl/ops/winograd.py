@@ -66,6 +66,11 @@ SPAN = TILE + 2  # input pixels per tile side (a 3×3 window)
 INPUT_TRANSFORM = np.kron(_BT, _BT)  # (36, 36)
 KERNEL_TRANSFORM = np.kron(_G, _G)  # (36, 9)
 OUTPUT_TRANSFORM = np.kron(_AT, _AT)  # (16, 36)
+# The weight gradient dW[u, v] = Σ x[i+u, j+v]·dz[i, j] runs the same algorithm
+# with the roles turned (Lavin & Gray, section 5): since Σ_i y_i e_i = Σ_k g_k w_k,
+# w = Gᵀ[(A e) ⊙ (Bᵀ d)] for a 4-value dz tile e, a 6-value input d and 3 taps w.
+GRAD_TILE_TRANSFORM = np.kron(_AT.T, _AT.T)  # (36, 16): a 4×4 dz tile, transformed
+GRAD_OUTPUT_TRANSFORM = np.kron(_G.T, _G.T)  # (9, 36): back to the 3×3 taps
 
 _constants: dict[tuple[str, str, str], Any] = {}
 
@@ -74,7 +79,13 @@ def _constant(xp: Any, name: str, dtype: Any) -> Any:
     """A transform matrix on xp's device in dtype, made once (CuPy would copy it per call)."""
     key = (xp.__name__, name, np.dtype(dtype).str)
     if key not in _constants:
-        table = {"B": INPUT_TRANSFORM, "G": KERNEL_TRANSFORM, "A": OUTPUT_TRANSFORM}
+        table = {
+            "B": INPUT_TRANSFORM,
+            "G": KERNEL_TRANSFORM,
+            "A": OUTPUT_TRANSFORM,
+            "dA": GRAD_TILE_TRANSFORM,
+            "dG": GRAD_OUTPUT_TRANSFORM,
+        }
         _constants[key] = xp.asarray(table[name], dtype=dtype)
     return _constants[key]
 
@@ -112,28 +123,9 @@ def correlate_chunk(
     (t, b), (l, r) = pads
     assert (oh, ow) == (h + t + b - 2, w + l + r - 2), "output is not the 3×3 'valid' size"
     th, tw = tiles((oh, ow))
-    # the tiles' windows reach TILE·th + 2 rows: past the padding where oh is no multiple
-    hp, wp = TILE * th + 2, TILE * tw + 2
     count = nb * th * tw
     taps = SPAN * SPAN
-
-    buf = workers.scratch(xp, lane, "wino_pad", (nb, hp, wp, c), src.dtype)
-    buf[:, :t] = 0
-    buf[:, t + h :] = 0
-    buf[:, t : t + h, :l] = 0
-    buf[:, t : t + h, l + w :] = 0
-    buf[:, t : t + h, l : l + w] = src
-
-    sn, sh, sw, sc = buf.strides
-    view = xp.lib.stride_tricks.as_strided(
-        buf,
-        shape=(SPAN, SPAN, nb, th, tw, c),
-        strides=(sh, sw, sn, TILE * sh, TILE * sw, sc),
-    )
-    gathered = workers.scratch(xp, lane, "wino_d", (taps, count * c), src.dtype)
-    xp.copyto(gathered.reshape(SPAN, SPAN, nb, th, tw, c), view)
-    v = workers.scratch(xp, lane, "wino_v", (taps, count * c), src.dtype)
-    xp.matmul(_constant(xp, "B", src.dtype), gathered, out=v)
+    v = _input_tiles(xp, workers, lane, src, pads, (th, tw))
 
     m = workers.scratch(xp, lane, "wino_m", (taps, count, f), out.dtype)
     xp.matmul(v.reshape(taps, count, c), u, out=m)
@@ -147,13 +139,87 @@ def correlate_chunk(
             part[...] = y6[i, j, :, : part.shape[1], : part.shape[2]]
 
 
+def _input_tiles(
+    xp: Any,
+    workers: Workers,
+    lane: int,
+    src: Array,
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    grid: tuple[int, int],
+) -> Array:
+    """Bᵀ d B for every SPAN×SPAN tile of zero-padded src on a grid of tiles: (36, tiles·c)."""
+    nb, h, w, c = src.shape
+    (t, _), (l, _) = pads
+    th, tw = grid
+    # the tiles' windows reach TILE·th + 2 rows: past the padding where oh is no multiple
+    buf = workers.scratch(xp, lane, "wino_pad", (nb, TILE * th + 2, TILE * tw + 2, c), src.dtype)
+    buf[:, :t] = 0
+    buf[:, t + h :] = 0
+    buf[:, t : t + h, :l] = 0
+    buf[:, t : t + h, l + w :] = 0
+    buf[:, t : t + h, l : l + w] = src
+    sn, sh, sw, sc = buf.strides
+    view = xp.lib.stride_tricks.as_strided(
+        buf,
+        shape=(SPAN, SPAN, nb, th, tw, c),
+        strides=(sh, sw, sn, TILE * sh, TILE * sw, sc),
+    )
+    count = nb * th * tw
+    gathered = workers.scratch(xp, lane, "wino_d", (SPAN * SPAN, count * c), src.dtype)
+    xp.copyto(gathered.reshape(SPAN, SPAN, nb, th, tw, c), view)
+    v = workers.scratch(xp, lane, "wino_v", (SPAN * SPAN, count * c), src.dtype)
+    xp.matmul(_constant(xp, "B", src.dtype), gathered, out=v)
+    return v
+
+
+def kernel_grad_chunk(
+    xp: Any,
+    workers: Workers,
+    lane: int,
+    src: Array,
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    dz: Array,
+    out: Array,
+) -> None:
+    """out (9, c·f) = Σ over the chunk of zero-padded src (nb, h, w, c) ⋆ dz (nb, oh, ow, f).
+
+    The 3×3 stride-1 weight gradient, tap-major ((3, 3, c, f) flattened): one
+    GEMM of (c, tiles)·(tiles, f) per transform point, summed over the tiles.
+    """
+    nb, oh, ow, f = dz.shape
+    c = src.shape[3]
+    th, tw = tiles((oh, ow))
+    count = nb * th * tw
+    taps = SPAN * SPAN
+    v = _input_tiles(xp, workers, lane, src, pads, (th, tw))
+
+    if (TILE * th, TILE * tw) == (oh, ow):
+        grid = dz
+    else:  # overhanging tiles read zeros: they add nothing to the sums
+        grid = workers.scratch(xp, lane, "wino_dzpad", (nb, TILE * th, TILE * tw, f), dz.dtype)
+        grid[...] = 0
+        grid[:, :oh, :ow] = dz
+    e = workers.scratch(xp, lane, "wino_e", (TILE * TILE, count * f), dz.dtype)
+    tiles6 = grid.reshape(nb, th, TILE, tw, TILE, f).transpose(2, 4, 0, 1, 3, 5)
+    xp.copyto(e.reshape(TILE, TILE, nb, th, tw, f), tiles6)
+    et = workers.scratch(xp, lane, "wino_et", (taps, count * f), dz.dtype)
+    xp.matmul(_constant(xp, "dA", dz.dtype), e, out=et)
+
+    m = workers.scratch(xp, lane, "wino_dm", (taps, c, f), out.dtype)
+    xp.matmul(v.reshape(taps, count, c).transpose(0, 2, 1), et.reshape(taps, count, f), out=m)
+    xp.matmul(_constant(xp, "dG", out.dtype), m.reshape(taps, c * f), out=out)
+
+
 __all__ = [
+    "GRAD_OUTPUT_TRANSFORM",
+    "GRAD_TILE_TRANSFORM",
     "INPUT_TRANSFORM",
     "KERNEL_TRANSFORM",
     "OUTPUT_TRANSFORM",
     "SPAN",
     "TILE",
     "correlate_chunk",
+    "kernel_grad_chunk",
     "tiles",
     "transform_kernel",
 ]

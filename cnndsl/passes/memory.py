@@ -34,8 +34,9 @@ from cnndsl.ir import Graph, Layer
 
 BYTES = 4  # float32
 # Bytes of scratch the chunked conv kernels keep: per lane, about 4 MiB of
-# im2col columns and, for Winograd layers, about 1.5× that in tile buffers.
-SCRATCH = 32 << 20
+# im2col columns and, for Winograd layers, tile buffers of about 1.5× that
+# plus up to 9 MiB of per-point kernel-gradient sums.
+SCRATCH = 64 << 20
 
 
 @dataclass(frozen=True)
