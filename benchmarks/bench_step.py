@@ -411,13 +411,14 @@ NOTES: dict[str, str] = {
     " shapes, alternating processes) reached 145-160 (measured 2026-11-28), and the GEMMs"
     " are 80-85% of a conv's time; the bare OpenBLAS GEMMs of a 3×3 layer's forward alone"
     " took 1.2-1.7× PyTorch's whole oneDNN convolution of that layer. Backward is two such"
-    " GEMMs (dW; dx as a 'full' convolution, Winograd or col2im, as lowering picked). The"
-    " four 3×3 convs (64 channels or more) run as Winograd F(4×4, 3×3), forward and dx. The"
+    " GEMMs (dW and dx, each by im2col, Winograd or col2im as lowering picked). The four"
+    " 3×3 convs (64 channels or more) run as Winograd F(4×4, 3×3): forward, dx and dW. The"
     " im2col copies add 10-20% to a conv's forward; max pooling (2×2, tiled: one masked"
     " write per tap) is most of the rest.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
     " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"
-    " whose 36 GEMMs per chunk have the same limit; dW is im2col everywhere. Batchnorm"
+    " whose 36 GEMMs per chunk have the same limit, and so does dW but on the 4×4 maps"
+    " (one tile a sample) and the 512-channel convs (too much scratch). Batchnorm"
     " (fused with its relu, two passes forward, two backward) is as fast as PyTorch's"
     " forward but still makes about a dozen NumPy operations over each chunk in backward"
     " where PyTorch's kernel makes two or three passes: about 1.7× PyTorch's batchnorm"
@@ -448,12 +449,14 @@ Winograd F(4×4, 3×3) pays on 3×3 stride-1 layers with 32 channels or more
 whose maps are a multiple of 4 or close to it, where cnndsl uses it:
 measured in one process, alternating with im2col, the Fashion-MNIST step is
 1.11× faster with it, the ResNet-18 step 1.14× and ResNet-34 inference
-1.28× (dW stays im2col). With fewer channels its 36 GEMMs of (tiles, c)·(c, f)
-run at a lower rate than im2col's one GEMM with the long inner dimension
-fh·fw·c; the transforms are skinny BLAS GEMMs by kron(Bᵀ, Bᵀ) and
-kron(Aᵀ, Aᵀ). In float32 its results are about 1e-5 off the direct sum,
-relative (im2col: 1e-7), as with cuDNN's and oneDNN's Winograd kernels.
-F(2×2, 3×3) paid only from 128 channels and gained half as much.
+1.28×; the weight gradient by Winograd too (the same transforms with the
+roles turned) adds 1.03× and 1.06× to the two steps. With fewer channels
+its 36 GEMMs of (tiles, c)·(c, f) run at a lower rate than im2col's one
+GEMM with the long inner dimension fh·fw·c; the transforms are skinny BLAS
+GEMMs by kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ). In float32 its results are about
+1e-5 off the direct sum, relative (im2col: 1e-7), as with cuDNN's and
+oneDNN's Winograd kernels. F(2×2, 3×3) paid only from 128 channels and
+gained half as much.
 
 Times move by ±20% and more with other load on the machine, and PyTorch's
 OpenMP threads suffer more from it than cnndsl's chunked lanes (which
