@@ -89,19 +89,24 @@ class ResidualUnit(nn.Module):
         return F.relu(main + (x if self.skip is None else self.skip(x)))
 
 
+def residual_stages(units: tuple[int, ...]) -> nn.Sequential:
+    """The four stages of basic units (64, 128, 256, 512 filters), each after the first /2."""
+    layers: list[Any] = []
+    cin = 64
+    for filters, n in zip((64, 128, 256, 512), units, strict=True):
+        for _ in range(n):
+            layers.append(ResidualUnit(cin, filters, 1 if filters == cin else 2))
+            cin = filters
+    return nn.Sequential(*layers)
+
+
 class ResNetCifar(nn.Module):
     """ResNet-18 for 32×32 inputs: a 3×3 stem without pooling, then 4 stages of units."""
 
     def __init__(self, units: tuple[int, ...] = (2, 2, 2, 2), classes: int = 10) -> None:
         super().__init__()
         self.stem, self.stem_bn = Conv(3, 64, 3, bias=False), bn(64)
-        layers: list[Any] = []
-        cin = 64
-        for filters, n in zip((64, 128, 256, 512), units, strict=True):
-            for _ in range(n):
-                layers.append(ResidualUnit(cin, filters, 1 if filters == cin else 2))
-                cin = filters
-        self.units = nn.Sequential(*layers)
+        self.units = residual_stages(units)
         self.head = nn.Linear(512, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,13 +120,7 @@ class ResNet34(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.stem, self.stem_bn = Conv(3, 64, 7, 2, bias=False), bn(64)
-        layers: list[Any] = []
-        cin = 64
-        for filters, n in zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True):
-            for _ in range(n):
-                layers.append(ResidualUnit(cin, filters, 1 if filters == cin else 2))
-                cin = filters
-        self.units = nn.Sequential(*layers)
+        self.units = residual_stages((3, 4, 6, 3))
         self.head = nn.Linear(512, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
