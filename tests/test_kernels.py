@@ -17,6 +17,8 @@ import pytest
 from cnndsl.backends.numpy_backend import ThreadWorkers
 from cnndsl.ops import OPS
 from cnndsl.ops.conv_kernels import (
+    WINOGRAD_CHUNK_TILES,
+    _winograd_chunks,
     conv2d_backward,
     conv2d_forward,
     forward_method,
@@ -47,7 +49,7 @@ CONVS = [
 
 
 def winograd_applies(geo: Any) -> bool:
-    """F(2×2, 3×3) runs any 3×3 stride-1 undilated conv when asked (the rule picks by speed)."""
+    """F(4×4, 3×3) runs any 3×3 stride-1 undilated conv when asked (the rule picks by speed)."""
     return (geo.kernel, geo.stride, geo.dilation) == ((3, 3), (1, 1), (1, 1))
 
 
@@ -72,7 +74,7 @@ def conv_case(i: int, n: int = 5) -> tuple[Any, ...]:
 def test_conv2d_forward_matches_whole_batch_im2col(i: int, workers: Workers, method: str) -> None:
     x, kernel, geo, _ = conv_case(i)
     if method == "winograd" and not winograd_applies(geo):
-        pytest.skip("Winograd F(2×2, 3×3) is for 3×3 stride-1 undilated kernels")
+        pytest.skip("Winograd F(4×4, 3×3) is for 3×3 stride-1 undilated kernels")
     method = "gemm" if geo.pointwise else method
     bias = np.linspace(-1, 1, kernel.shape[3])
     want, _ = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
@@ -159,7 +161,7 @@ def test_conv2d_input_gradient_variants_agree(i: int, method: str) -> None:
     if method == "full" and geo.transposed(kernel.shape[3]) is None:
         pytest.skip("the full-convolution variant needs stride 1")
     if method == "winograd" and not winograd_applies(geo):
-        pytest.skip("Winograd F(2×2, 3×3) is for 3×3 stride-1 undilated kernels")
+        pytest.skip("Winograd F(4×4, 3×3) is for 3×3 stride-1 undilated kernels")
     if (method == "gemm") != geo.pointwise:
         pytest.skip("the GEMM variant is the 1×1 kernels' only one")
     _, xpad = grouped_conv2d(np, x, kernel, geo, 1, SERIAL)
@@ -196,7 +198,7 @@ def test_threads_and_chunks_do_not_change_a_bit(i: int, winograd: bool) -> None:
     """The threaded workers give the serial workers' exact bits (float32, as trained)."""
     x, kernel, geo, dz = (a.astype(np.float32) if hasattr(a, "astype") else a for a in conv_case(i))
     if winograd and not winograd_applies(geo):
-        pytest.skip("Winograd F(2×2, 3×3) is for 3×3 stride-1 undilated kernels")
+        pytest.skip("Winograd F(4×4, 3×3) is for 3×3 stride-1 undilated kernels")
     method = "winograd" if winograd else input_grad_method(geo, kernel.shape[3])
     forward = "winograd" if winograd else None
     results = []
@@ -276,6 +278,41 @@ def test_forward_method_by_shape() -> None:
     assert method((16, 16, 128), 3, 1, 128, dilation=2) == "im2col"
     assert method((16, 16, 128), 5, 1, 128) == "im2col"
     assert method((16, 16, 128), 1, 1, 128) == "gemm"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 32, 64, 100, 256])
+@pytest.mark.parametrize("size", [4, 7, 14, 28, 56])
+def test_winograd_chunks_split_the_batch_evenly_into_big_chunks(n: int, size: int) -> None:
+    """Whole samples, in order, sizes within one of each other; 2, 4, 8, ... chunks (fewer
+    only for a smaller batch), each of WINOGRAD_CHUNK_TILES tiles or more beyond two."""
+    geo = geometry_of((size, size, 64), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+    chunks = _winograd_chunks(n, geo)
+    assert chunks[0][0] == 0 and chunks[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    sizes = [hi - lo for lo, hi in chunks]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    count, tiles = len(chunks), (-(-size // 4)) ** 2
+    assert count == min(n, 2) or count & (count - 1) == 0
+    if count > 2:  # split further only while every chunk keeps its tiles...
+        assert min(sizes) * tiles >= WINOGRAD_CHUNK_TILES
+    if count >= 2 and 2 * count <= n:  # ... and as far as that goes
+        assert n // (2 * count) * tiles < WINOGRAD_CHUNK_TILES
+
+
+def test_winograd_chunks_on_the_benchmark_layers() -> None:
+    """Batch 64: the chunk sizes measured fastest on one core (see _winograd_chunks)."""
+
+    def samples(size: int) -> tuple[int, int]:
+        geo = geometry_of((size, size, 64), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+        chunks = _winograd_chunks(64, geo)
+        return len(chunks), chunks[0][1] - chunks[0][0]
+
+    assert samples(56) == (64, 1)  # 196 tiles a sample
+    assert samples(32) == (32, 2)  # 128 tiles a chunk
+    assert samples(28) == (16, 4)  # 196
+    assert samples(14) == (8, 8)  # 128
+    assert samples(7) == (2, 32)  # 128: fewer would leave one lane idle
+    assert samples(4) == (2, 32)  # 32: one tile a sample
 
 
 # ---- depthwise ----
