@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [net for net in args.nets.split(",") if net not in NETS]
+    if unknown:
+        parser.error(f"unknown network {', '.join(unknown)}; choose from {', '.join(NETS)}")
 
     if args.worker:
         if args.worker == "cnndsl":

@@ -269,15 +269,15 @@ def dz_sums(
         i = chunks.index(chunk)
         dz = _dz_chunk(xp, workers, lane, dy2, y2, act, lo, hi, keep)
         parts[i, 0] = workers.colsum(xp, dz)
-        xhat = workers.scratch(xp, lane, "bn", (hi - lo, dy2.shape[1]), dy.dtype)
-        xp.subtract(x2[lo:hi], s.mean, out=xhat)
-        xhat *= s.inv
-        xhat *= dz
-        parts[i, 1] = workers.colsum(xp, xhat)
+        centred = workers.scratch(xp, lane, "bn", (hi - lo, dy2.shape[1]), dy.dtype)
+        xp.subtract(x2[lo:hi], s.mean, out=centred)
+        centred *= dz
+        parts[i, 1] = workers.colsum(xp, centred)
 
     workers.each(chunks, run)
     total = parts.sum(axis=0)
-    return total[0], total[1]
+    # Σ dz·xhat = inv·Σ dz·(x − mean): the per-channel factor once, not per value.
+    return total[0], total[1] * s.inv
 
 
 def dx_affine(
