@@ -347,8 +347,7 @@ def conv2d_forward(
     wmat = kernel.reshape(fh * fw * c, f)
     u = None
     if (method or forward_method(geo, f)) == "winograd":
-        with workers.one_blas_thread():  # NOTE: spinning BLAS threads would slow the lanes
-            u = winograd.transform_kernel(xp, kernel)
+        u = winograd.transform_kernel(xp, kernel, workers)
 
     def run(lane: int, chunk: tuple[int, int]) -> None:
         n0, n1 = chunk
@@ -412,11 +411,10 @@ def conv2d_backward(
     if want_dx and method in ("full", "winograd"):
         assert full is not None, f"the '{method}' input gradient needs stride 1"
         # dx = dz ⋆ W', W'[u, v, f, c] = W[fh−1−u, fw−1−v, c, f]
-        flipped = xp.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
         if method == "winograd":
-            with workers.one_blas_thread():  # NOTE: spinning BLAS threads would slow the lanes
-                ufull = winograd.transform_kernel(xp, flipped)
+            ufull = winograd.transform_kernel(xp, kernel, workers, flipped=True)
         else:
+            flipped = xp.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
             wfull = flipped.reshape(-1, c)
     index = {chunk: i for i, chunk in enumerate(chunks)}
 
