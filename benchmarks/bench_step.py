@@ -408,22 +408,24 @@ FAMILIES = {
 }
 
 NOTES: dict[str, str] = {
-    "fashion_mnist": "Convolutions are GEMM-bound, and the gap is NumPy's BLAS. On the GEMM"
-    " shapes of these convs' chunks (M = 392-12544 rows, K·N = 576·64 to 2304·256),"
-    " single-threaded OpenBLAS reached 100-140 GFLOP/s where MKL's sgemm (torch.mm, same"
-    " shapes, alternating processes) reached 145-160 (measured 2026-11-28), and the GEMMs"
-    " are 80-85% of a conv's time; the bare OpenBLAS GEMMs of a 3×3 layer's forward alone"
-    " took 1.2-1.7× PyTorch's whole oneDNN convolution of that layer. Backward is two such"
-    " GEMMs (dW and dx, each by im2col, Winograd or col2im as lowering picked). The four"
-    " 3×3 convs (64 channels or more) run as Winograd F(4×4, 3×3): forward, dx and dW. The"
-    " im2col copies add 10-20% to a conv's forward; max pooling (2×2, tiled: one masked"
-    " write per tap) is most of the rest.",
+    "fashion_mnist": "Convolutions, and inside them BLAS. The four 3×3 convs run as"
+    " Winograd F(4×4, 3×3) (forward, dx and dW) in chunks of 128 tiles (8 samples of 14×14,"
+    " 32 of 7×7). Of such a chunk's forward (128→128 on 14×14, one core, measured"
+    " 2026-11-29) the 36 GEMMs (tiles, c)·(c, f) take about 55%, the input and output"
+    " transforms (skinny GEMMs by kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ)) 35%, the copies into and"
+    " out of tiles 10%. On those GEMM shapes single-threaded OpenBLAS runs at 75-120"
+    " GFLOP/s where MKL's (torch.bmm, same shapes) runs at 130-155, and 4×4-output tiles"
+    " waste 31% of their work on 14×14 and 7×7 maps. The 7×7 stem (one input channel) is"
+    " an im2col GEMM with an inner dimension of 49; max pooling (2×2, tiled: one masked"
+    " write per tap) is most of the rest. cnndsl keeps both cores about 90% busy (PyTorch:"
+    " all but fully), and PyTorch's step time moves more from run to run (160-230 ms"
+    " against 240-290 ms in this stop's runs), so read the ratio as a range.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
     " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"
     " whose 36 GEMMs per chunk have the same limit, and so does dW but on the 4×4 maps"
     " (one tile a sample) and the 512-channel convs (too much scratch). Batchnorm"
     " (fused with its relu, two passes forward, two backward) is as fast as PyTorch's"
-    " forward but still makes about a dozen NumPy operations over each chunk in backward"
+    " forward but still makes about ten NumPy operations over each chunk in backward"
     " where PyTorch's kernel makes two or three passes: about 1.7× PyTorch's batchnorm"
     " backward.",
     "mobilenet96": "Memory-bound, not GEMM-bound: the depthwise convs cost two NumPy passes"
@@ -439,7 +441,11 @@ NOTES: dict[str, str] = {
 LIMITS = """\
 How cnndsl runs a step: every kernel cuts the batch into chunks of whole
 samples and runs them on a thread per core (`ThreadWorkers`), each chunk
-calling single-threaded BLAS on buffers reused from step to step. BLAS stays
+calling single-threaded BLAS on buffers reused from step to step. Chunks are
+sized by bytes (about 4 MiB of im2col columns) except in Winograd layers,
+which take 128 tiles or more a chunk, in a power-of-two count: each of a
+chunk's 36 GEMMs streams its own slice of the transformed kernel, and chunks
+of 32-44 tiles (7×7 and 8×8 maps) ran up to 1.6× slower. BLAS stays
 on one thread for the whole step: OpenBLAS threads left spinning after a
 multithreaded call took a core from the lanes (a GEMM phase ran up to 1.8×
 slower; about 5% of a ResNet-18 step). Lowering fixes the variants by shape:
