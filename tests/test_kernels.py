@@ -422,7 +422,15 @@ def test_relu_in_place_equals_a_fresh_output(inplace: bool) -> None:
 
 @pytest.mark.parametrize(
     ("n", "size", "stride", "padding"),
-    [(7, 2, 2, "valid"), (8, 2, 2, "valid"), (7, 3, 2, "same"), (7, 3, 1, 1), (7, 2, 1, "valid")],
+    [
+        (7, 2, 2, "valid"),
+        (8, 2, 2, "valid"),  # windows tile the map
+        (7, 2, 2, "same"),  # ... the padded map
+        (9, 3, 3, "valid"),  # ... with 3×3 windows
+        (7, 3, 2, "same"),
+        (7, 3, 1, 1),
+        (7, 2, 1, "valid"),
+    ],
 )
 def test_maxpool_ties_go_to_the_first_maximum(n: int, size: int, stride: int, padding: Any) -> None:
     """Relu outputs are full of tied zeros: the gradient goes to the first, once per window."""
