@@ -267,6 +267,16 @@ def columns(xp: Any, workers: Workers, lane: int, name: str, src: Array, geo: Ge
     return cols.reshape(nb * oh * ow, fh * fw * c)
 
 
+def _gemm_rows(
+    xp: Any, workers: Workers, lane: int, x: Array, n0: int, n1: int, geo: Geometry
+) -> Array:
+    """The left GEMM operand of samples n0:n1: their pixels (1×1) or im2col columns."""
+    if geo.pointwise:
+        return _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
+    src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
+    return columns(xp, workers, lane, "cols", src, geo)
+
+
 def _pointwise_rows(
     xp: Any, workers: Workers, lane: int, x: Array, n0: int, n1: int, geo: Geometry
 ) -> Array:
@@ -355,11 +365,7 @@ def conv2d_forward(
         if u is not None:
             winograd.correlate_chunk(xp, workers, lane, x[n0:n1], geo.pads, u, z[n0:n1])
         else:
-            if geo.pointwise:
-                a = _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
-            else:
-                src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
-                a = columns(xp, workers, lane, "cols", src, geo)
+            a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
             xp.matmul(a, wmat, out=out)
         if bias is not None:
             out += bias
@@ -432,11 +438,7 @@ def conv2d_backward(
             part = dk_parts[i].reshape(fh * fw, c * f)
             winograd.kernel_grad_chunk(xp, workers, lane, x[n0:n1], geo.pads, dz4, part)
         else:
-            if geo.pointwise:
-                a = _pointwise_rows(xp, workers, lane, x, n0, n1, geo)
-            else:
-                src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, geo.pads)
-                a = columns(xp, workers, lane, "cols", src, geo)
+            a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
             xp.matmul(a.T, dz, out=dk_parts[i])
         if db_parts is not None:
             workers.colsum(xp, dz, out=db_parts[i])
