@@ -416,10 +416,11 @@ NOTES: dict[str, str] = {
     " out of tiles 10%. On those GEMM shapes single-threaded OpenBLAS runs at 75-120"
     " GFLOP/s where MKL's (torch.bmm, same shapes) runs at 130-155, and 4×4-output tiles"
     " waste 31% of their work on 14×14 and 7×7 maps. The 7×7 stem (one input channel) is"
-    " an im2col GEMM with an inner dimension of 49; max pooling (2×2, tiled: one masked"
-    " write per tap) is most of the rest. cnndsl keeps both cores about 90% busy (PyTorch:"
-    " all but fully), and PyTorch's step time moves more from run to run (160-230 ms"
-    " against 240-290 ms in this stop's runs), so read the ratio as a range.",
+    " an im2col GEMM with an inner dimension of 49; max pooling (2×2; backward one compare"
+    " over whole windows and one multiply) is most of the rest. cnndsl keeps both cores"
+    " about 90% busy (PyTorch: all but fully), and PyTorch's step time moves more from run"
+    " to run (160-260 ms against 230-310 ms in this stop's runs), so read the ratio as a"
+    " range.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
     " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"
     " whose 36 GEMMs per chunk have the same limit, and so does dW but on the 4×4 maps"
