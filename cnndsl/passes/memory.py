@@ -36,8 +36,12 @@ BYTES = 4  # float32
 # Bytes of scratch the chunked conv kernels keep per lane: about 4 MiB of
 # im2col columns, and for Winograd layers tile buffers of 128-256 tiles
 # (36·tiles·(c + f) values each) plus the per-point kernel-gradient sums.
-# Measured after a batch-64 training step: 39 MiB a lane for Fashion-MNIST,
-# 50 MiB for CIFAR ResNet-18; training_peak counts it twice (two lanes).
+# Shared besides: the Winograd kernel transform (36·c·f values) and the
+# per-chunk kernel-gradient partials. Measured after a batch-64 training
+# step: 39 MiB a lane and 14 MiB shared for Fashion-MNIST, 51 and 54 MiB for
+# CIFAR ResNet-18 (36 MiB of it the 512-channel kernel transform).
+# training_peak counts SCRATCH twice; its other terms err on the safe side
+# by more than the rest (see the module docstring).
 SCRATCH = 64 << 20
 
 
