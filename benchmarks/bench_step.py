@@ -338,11 +338,12 @@ def write_results(
     loads: list[str],
 ) -> None:
     """The results table, the machine and the date, as Markdown."""
+    nets = "" if args.nets == ",".join(NETS) else f" --nets {args.nets}"
     lines = [
         "# cnndsl (NumPy backend) vs PyTorch CPU",
         "",
         f"Command: `python benchmarks/bench_step.py --repeats {args.repeats}"
-        f" --steps {args.steps}`  ",
+        f" --steps {args.steps}{nets}`  ",
         f"Date: {datetime.date.today().isoformat()}",
         "",
         "A training step is forward, backward and an SGD (momentum 0.9) update on a batch"
