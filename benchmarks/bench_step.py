@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             for a, b in zip(runs["cnndsl"], runs["torch"], strict=True)
         ]
         rss = {f: max(x["rss_mb"] for x in runs[f]) for f in runs}
-        rows.append((net, med, statistics.median(pairs), rss))
+        rows.append((net, med, pairs, rss))
         if not args.no_profile:
             profiles[net] = run_worker("cnndsl", net, args.steps, True).get("profile", {})
         loads.append(load_average())
@@ -353,17 +353,19 @@ def write_results(
         f" {args.repeats} subprocesses per framework, alternating which goes first, each"
         f" timing {args.steps} steps after a warm-up step. Times are medians; ratio ="
         " cnndsl / PyTorch, the median over back-to-back pairs (lower is better for"
-        " cnndsl); goal: the issue's target ratio. Peak RSS is the largest of the"
+        " cnndsl), and the pairs' lowest and highest; goal: the issue's target ratio."
+        " Peak RSS is the largest of the"
         " subprocesses' (the whole process: interpreter, libraries, data, model).",
         "",
-        "| network | batch | cnndsl | PyTorch | ratio | goal | cnndsl peak RSS |"
+        "| network | batch | cnndsl | PyTorch | ratio | pairs | goal | cnndsl peak RSS |"
         " PyTorch peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for net, med, ratio, rss in rows:
+    for net, med, pairs, rss in rows:
         lines.append(
             f"| {NETS[net]['title']} | {BATCH} | {med['cnndsl'] * 1000:.0f} ms |"
-            f" {med['torch'] * 1000:.0f} ms | {ratio:.2f}× | ≤ {NETS[net]['goal']:g}× |"
+            f" {med['torch'] * 1000:.0f} ms | {statistics.median(pairs):.2f}× |"
+            f" {min(pairs):.2f}-{max(pairs):.2f}× | ≤ {NETS[net]['goal']:g}× |"
             f" {rss['cnndsl']:.0f} MiB | {rss['torch']:.0f} MiB |"
         )
     lines += ["", "## Machine", ""]
