@@ -56,6 +56,25 @@ def test_training_peak_and_workspace_by_hand() -> None:
     assert mem.inference_peak == (50 + 27) * 4 * 4 + 57 * 4
 
 
+def test_training_peak_counts_the_winograd_tiles_a_conv_keeps(monkeypatch: Any) -> None:
+    """36 values per 4×4 output tile and input channel, where forward and dW are Winograd."""
+    from cnndsl.ops import OPS
+    from cnndsl.passes.memory import estimate_memory, kept_for_training
+
+    def graph(channels: int) -> Any:
+        body = "return x -> conv(32, 3, padding=same)"
+        return cnndsl.compile(f"network n() {{\n input x: [8, 8, {channels}]\n {body}\n}}").graph
+
+    wide, thin = graph(32), graph(8)  # thin: im2col (Winograd needs 32 channels)
+    conv = [layer for layer in wide if layer.op == "conv"][0]
+    assert kept_for_training(conv, [wide[p] for p in conv.inputs]) == 36 * 2 * 2 * 32
+    conv = [layer for layer in thin if layer.op == "conv"][0]
+    assert kept_for_training(conv, [thin[p] for p in conv.inputs]) == 0
+    with_tiles = estimate_memory(wide, batch=3).training_peak
+    monkeypatch.setattr(type(OPS["conv"]), "kept_for_training", lambda *a: 0)
+    assert with_tiles - estimate_memory(wide, batch=3).training_peak == 36 * 2 * 2 * 32 * 3 * 4
+
+
 def test_workspace_is_capped_for_chunked_convs_only() -> None:
     """Plain convs run in chunks (scratch capped); grouped convs build every sample's columns."""
     from cnndsl.passes.memory import SCRATCH, estimate_memory

@@ -26,6 +26,7 @@ from cnndsl.ops.conv_kernels import (
     grouped_conv2d,
     grouped_conv2d_backward,
     input_grad_method,
+    kept_tiles_size,
     kernel_grad_method,
 )
 from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
@@ -213,6 +214,58 @@ def test_threads_and_chunks_do_not_change_a_bit(i: int, winograd: bool) -> None:
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("i", [i for i, case in enumerate(CONVS) if case[2:4] == ((3, 3), (1, 1))])
+@pytest.mark.parametrize("workers", [Workers(), small_chunks(), ThreadWorkers(2)])
+def test_kernel_gradient_from_kept_tiles_equals_recomputed(i: int, workers: Workers) -> None:
+    """The forward's transformed tiles, kept, give the bits of tiles made again in backward."""
+    x, kernel, geo, dz = conv_case(i)
+    keep = np.full(kept_tiles_size(geo, x.shape[0]), np.nan)
+    y = conv2d_forward(np, x, kernel, None, geo, True, workers, "winograd", keep)
+    np.testing.assert_array_equal(
+        y, conv2d_forward(np, x, kernel, None, geo, True, workers, "winograd")
+    )
+    assert not np.isnan(keep).any()  # every chunk wrote its part
+    kw: dict[str, Any] = dict(
+        want_dx=True, want_db=True, method="winograd", kernel_method="winograd",
+        relu_out=y, workers=workers,
+    )  # fmt: skip
+    kept = conv2d_backward(np, x, dz, kernel, geo, kept=keep, **kw)
+    made = conv2d_backward(np, x, dz, kernel, geo, **kw)
+    for a, b in zip(kept, made, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conv_layer_reads_kept_tiles_only_from_its_latest_forward() -> None:
+    """Two training forwards before one backward: the first one's tiles were overwritten,
+    so its backward makes them again and still gets the first input's gradients."""
+    rng = np.random.default_rng(3)
+    op = OPS["conv"]
+    a = op.bind(6, 3).replace(padding="same", activation="relu")
+    w = {"kernel": rng.normal(size=(3, 3, 4, 6)), "bias": rng.normal(size=6)}
+    x1, x2 = rng.normal(size=(2, 3, 8, 8, 4))
+    dy = rng.normal(size=(3, 8, 8, 6))
+    plan = {"forward": "winograd", "input_grad": "winograd", "kernel_grad": "winograd"}
+    a = a.replace(**plan)
+    ctx = Context(training=True, workers=ThreadWorkers(2), cache={})
+    _, saved1 = op.forward(np, a, [x1], w, ctx)
+    assert saved1.tiles is not None  # training, Winograd both ways: the tiles are kept
+    _, saved2 = op.forward(np, a, [x2], w, ctx)
+    assert saved2.tiles is not None and ctx.cache is not None
+    assert ctx.cache["owner"] is saved2.tiles[1]  # the second forward owns the buffer now
+    got1 = op.backward(np, a, saved1, dy, w, ctx)
+    got2 = op.backward(np, a, saved2, dy, w, ctx)
+    for x, got in ((x1, got1), (x2, got2)):
+        fresh = Context(training=True, workers=ThreadWorkers(2))  # no cache: nothing kept
+        _, saved = op.forward(np, a, [x], w, fresh)
+        assert saved.tiles is None
+        (dx,), grads = op.backward(np, a, saved, dy, w, fresh)
+        np.testing.assert_array_equal(got[0][0], dx)
+        for name in grads:
+            np.testing.assert_array_equal(got[1][name], grads[name])
+    _, inference = op.forward(np, a, [x1], w, Context(workers=ThreadWorkers(2), cache={}))
+    assert inference.tiles is None  # nothing is kept outside training
 
 
 def test_first_layer_skips_its_input_gradient() -> None:

@@ -335,6 +335,20 @@ def _winograd_chunks(n: int, geo: Geometry) -> list[tuple[int, int]]:
 # ---- conv2d forward and backward ----
 
 
+def kept_tiles_size(geo: Geometry, n: int) -> int:
+    """Values of a batch of n samples' transformed Winograd tiles (36 per tile and channel)."""
+    th, tw = winograd.tiles(geo.out)
+    return winograd.SPAN * winograd.SPAN * n * th * tw * geo.channels
+
+
+def _kept_chunk(kept: Array | None, geo: Geometry, n0: int, n1: int) -> Array | None:
+    """Samples n0:n1's part of a kept-tiles buffer as (36, tiles·c), or None."""
+    if kept is None:
+        return None
+    per_sample = kept_tiles_size(geo, 1)
+    return kept[n0 * per_sample : n1 * per_sample].reshape(winograd.SPAN * winograd.SPAN, -1)
+
+
 def conv2d_forward(
     xp: Any,
     x: Array,
@@ -344,10 +358,13 @@ def conv2d_forward(
     relu: bool,
     workers: Workers,
     method: str | None = None,
+    keep: Array | None = None,
 ) -> Array:
     """z = x ⋆ kernel (+ bias, then relu if asked) for groups = 1; a fresh (N, oh, ow, f) array.
 
     method: forward_method's choice (derived from the shape if not given).
+    keep: for a Winograd forward, a buffer of `kept_tiles_size` values that
+    receives x's transformed tiles for conv2d_backward's `kept`.
     """
     n = x.shape[0]
     fh, fw, c, f = kernel.shape
@@ -363,7 +380,8 @@ def conv2d_forward(
         n0, n1 = chunk
         out = z2[n0 * oh * ow : n1 * oh * ow]
         if u is not None:
-            winograd.correlate_chunk(xp, workers, lane, x[n0:n1], geo.pads, u, z[n0:n1])
+            tiles = _kept_chunk(keep, geo, n0, n1)
+            winograd.correlate_chunk(xp, workers, lane, x[n0:n1], geo.pads, u, z[n0:n1], tiles)
         else:
             a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
             xp.matmul(a, wmat, out=out)
@@ -390,13 +408,16 @@ def conv2d_backward(
     relu_out: Array | None,
     workers: Workers,
     kernel_method: str | None = None,
+    kept: Array | None = None,
 ) -> tuple[Array | None, Array, Array | None]:
     """(dx or None, dkernel, dbias or None) of conv2d_forward for groups = 1.
 
     relu_out: the forward output when a relu was fused; then dz = dy·(y > 0)
     is formed chunk by chunk instead of as a whole-batch array. method is
     input_grad_method's choice ("gemm" for 1×1 convs), kernel_method
-    kernel_grad_method's (derived from the shape if not given).
+    kernel_grad_method's (derived from the shape if not given). kept: x's
+    transformed tiles as conv2d_forward's `keep` left them, for a Winograd
+    kernel gradient (made again per chunk if None).
     """
     n = x.shape[0]
     fh, fw, c, f = kernel.shape
@@ -436,7 +457,8 @@ def conv2d_backward(
         if winograd_dk:
             dz4 = dz.reshape(n1 - n0, oh, ow, f)
             part = dk_parts[i].reshape(fh * fw, c * f)
-            winograd.kernel_grad_chunk(xp, workers, lane, x[n0:n1], geo.pads, dz4, part)
+            tiles = _kept_chunk(kept, geo, n0, n1)
+            winograd.kernel_grad_chunk(xp, workers, lane, x[n0:n1], geo.pads, dz4, part, tiles)
         else:
             a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
             xp.matmul(a.T, dz, out=dk_parts[i])

@@ -405,6 +405,14 @@ class Op:
         """
         return {}
 
+    def kept_for_training(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> int:
+        """Values per sample the layer keeps in its own buffer while training (beyond saved).
+
+        E.g. a Winograd conv's transformed input tiles, which its forward
+        leaves for the kernel gradient in a buffer reused from step to step.
+        """
+        return 0
+
     def fresh_output(self, a: Attrs) -> bool:
         """Whether forward returns a new array that nothing else references.
 

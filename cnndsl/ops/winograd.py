@@ -139,10 +139,13 @@ def correlate_chunk(
     pads: tuple[tuple[int, int], tuple[int, int]],
     u: Array,
     out: Array,
+    keep: Array | None = None,
 ) -> None:
     """out (nb, oh, ow, f) = zero-padded src (nb, h, w, c) ⋆ the kernel whose transform is u.
 
     out's spatial size must be the padded size minus 2 (a 3×3 stride-1 window).
+    keep: where to leave src's transformed tiles (36, tiles·c) for the kernel
+    gradient (`kernel_grad_chunk`'s tiles) instead of in scratch.
     """
     nb, h, w, c = src.shape
     f = u.shape[2]
@@ -152,7 +155,7 @@ def correlate_chunk(
     th, tw = tiles((oh, ow))
     count = nb * th * tw
     taps = SPAN * SPAN
-    v = _input_tiles(xp, workers, lane, src, pads, (th, tw))
+    v = _input_tiles(xp, workers, lane, src, pads, (th, tw), keep)
 
     m = workers.scratch(xp, lane, "wino_m", (taps, count, f), out.dtype)
     xp.matmul(v.reshape(taps, count, c), u, out=m)
@@ -173,8 +176,12 @@ def _input_tiles(
     src: Array,
     pads: tuple[tuple[int, int], tuple[int, int]],
     grid: tuple[int, int],
+    out: Array | None = None,
 ) -> Array:
-    """Bᵀ d B for every SPAN×SPAN tile of zero-padded src on a grid of tiles: (36, tiles·c)."""
+    """Bᵀ d B for every SPAN×SPAN tile of zero-padded src on a grid of tiles: (36, tiles·c).
+
+    out: where to write them (the lane's scratch if None).
+    """
     nb, h, w, c = src.shape
     (t, _), (l, _) = pads
     th, tw = grid
@@ -194,9 +201,10 @@ def _input_tiles(
     count = nb * th * tw
     gathered = workers.scratch(xp, lane, "wino_d", (SPAN * SPAN, count * c), src.dtype)
     xp.copyto(gathered.reshape(SPAN, SPAN, nb, th, tw, c), view)
-    v = workers.scratch(xp, lane, "wino_v", (SPAN * SPAN, count * c), src.dtype)
-    xp.matmul(_constant(xp, "B", src.dtype), gathered, out=v)
-    return v
+    if out is None:
+        out = workers.scratch(xp, lane, "wino_v", (SPAN * SPAN, count * c), src.dtype)
+    xp.matmul(_constant(xp, "B", src.dtype), gathered, out=out)
+    return out
 
 
 def kernel_grad_chunk(
@@ -207,18 +215,21 @@ def kernel_grad_chunk(
     pads: tuple[tuple[int, int], tuple[int, int]],
     dz: Array,
     out: Array,
+    kept: Array | None = None,
 ) -> None:
     """out (9, c·f) = Σ over the chunk of zero-padded src (nb, h, w, c) ⋆ dz (nb, oh, ow, f).
 
     The 3×3 stride-1 weight gradient, tap-major ((3, 3, c, f) flattened): one
     GEMM of (c, tiles)·(tiles, f) per transform point, summed over the tiles.
+    kept: src's transformed tiles as the forward pass left them
+    (`correlate_chunk`'s keep); they are made again if None.
     """
     nb, oh, ow, f = dz.shape
     c = src.shape[3]
     th, tw = tiles((oh, ow))
     count = nb * th * tw
     taps = SPAN * SPAN
-    v = _input_tiles(xp, workers, lane, src, pads, (th, tw))
+    v = kept if kept is not None else _input_tiles(xp, workers, lane, src, pads, (th, tw))
 
     if (TILE * th, TILE * tw) == (oh, ow):
         grid = dz

@@ -16,8 +16,10 @@ sample's. Grouped convs (groups > 1) still build the whole batch's columns
 at once, so theirs are counted in full. `training_peak` is the executor's
 training plan: what backward keeps of each activation (about one
 activation's worth per layer), the gradients alive at once (at most the two
-largest activations), weights, gradients, optimizer slots, and the
-workspace twice (columns and their gradient).
+largest activations), weights, gradients, optimizer slots, the workspace
+twice (columns and their gradient), and what layers keep in their own
+buffers from forward to backward (`Op.kept_for_training`: a Winograd conv's
+transformed input tiles, 2.25 values per input value).
 
 `training_peak` against tracemalloc peaks of NumPy training steps (Adam,
 plus the optimizer's temporaries the guard adds): digits b=2048 +50%,
@@ -30,7 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cnndsl.ir import Graph, Layer
+from cnndsl.ir import Graph, Layer, shapes_of
+from cnndsl.ops import OPS
 
 BYTES = 4  # float32
 # Bytes of scratch the chunked conv kernels keep per lane: about 4 MiB of
@@ -79,6 +82,13 @@ def workspace(layer: Layer, inputs: list[Layer]) -> int:
     return math.prod(layer.shape[:-1]) * kernel[0] * kernel[1] * c_in + padded
 
 
+def kept_for_training(layer: Layer, inputs: list[Layer]) -> int:
+    """Values per sample a layer keeps in its own buffer from forward to backward."""
+    if layer.shape is None or any(i.shape is None for i in inputs):
+        return 0
+    return OPS[layer.op].kept_for_training(layer.attrs, shapes_of(inputs), layer.shape)
+
+
 def estimate_memory(
     g: Graph, batch: int = 1, optimizer_slots: int = 1, itemsize: int = BYTES
 ) -> Memory:
@@ -86,7 +96,9 @@ def estimate_memory(
     layers = list(g)
     sizes = {layer.path: math.prod(layer.shape or ()) * batch * itemsize for layer in layers}
     work = {}
+    kept = 0
     for layer in layers:
+        kept += kept_for_training(layer, [g[p] for p in layer.inputs]) * batch * itemsize
         one = workspace(layer, [g[p] for p in layer.inputs]) * itemsize  # one sample's
         grouped = int(layer.attrs.get("groups", 1) or 1) > 1  # whole-batch columns, not chunks
         work[layer.path] = one * batch if grouped else min(one * batch, max(one, SCRATCH))
@@ -116,7 +128,7 @@ def estimate_memory(
         inference_peak=peak + params,
         training=2 * activations + weights,
         workspace=scratch,
-        training_peak=activations + sum(largest) + weights + 2 * scratch,
+        training_peak=activations + sum(largest) + weights + 2 * scratch + kept,
     )
 
 
