@@ -11,8 +11,10 @@ else's process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
+import platform
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,43 @@ T = TypeVar("T")
 # are too small to split, and OpenBLAS threads that spin-wait for work slow
 # everything down (5x on digits) when other processes share the cores.
 SMALL_WORK = 300_000_000
+
+
+# glibc's mallopt parameters (malloc.h) and the values set by keep_heap_for_reuse.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+HEAP_MMAP_THRESHOLD = 32 << 20  # the most glibc accepts on 64-bit systems
+HEAP_TRIM_THRESHOLD = 128 << 20
+_heap_kept: bool | None = None
+
+
+def keep_heap_for_reuse() -> bool:
+    """Have glibc's malloc keep freed arrays of up to 32 MiB for reuse; True if it now does.
+
+    NOTE: a training step frees its activations and gradients and allocates
+    the same sizes again in the next step. With glibc's defaults the heap
+    top is returned to the system and refaulted page by page: measured at
+    batch 64, 5,400 page faults and 25 ms of system time a step on the
+    Fashion-MNIST CNN, 23,000 and 200 ms on MobileNet-96; with these two
+    settings none, 1.05-1.2× faster steps, the same peak RSS. Process-wide,
+    set once, and not where the environment already configures malloc
+    (MALLOC_*_ variables or GLIBC_TUNABLES) or the C library is not glibc.
+    """
+    global _heap_kept
+    if _heap_kept is None:
+        _heap_kept = False
+        configured = any(k.startswith("MALLOC_") for k in os.environ)
+        configured = configured or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and not configured:
+            try:
+                libc = ctypes.CDLL(None)
+                _heap_kept = bool(
+                    libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
+                )
+            except (OSError, AttributeError):  # NOTE: no mallopt here: malloc as it is
+                _heap_kept = False
+    return _heap_kept
 
 
 def cores() -> int:
@@ -158,14 +197,20 @@ class NumpyBackend(Backend):
 
     threads: worker threads for chunked kernels and BLAS threads for the rest
     (None: one per core the process may use); small batches run BLAS on one thread.
+    keep_freed_memory: let malloc keep freed arrays for the next step
+    (`keep_heap_for_reuse`, process-wide; False leaves malloc as configured).
     """
 
     name = "numpy"
 
-    def __init__(self, seed: int = 0, threads: int | None = None) -> None:
+    def __init__(
+        self, seed: int = 0, threads: int | None = None, keep_freed_memory: bool = True
+    ) -> None:
         super().__init__(np, seed)
         self.threads = threads
         self.workers: ThreadWorkers = ThreadWorkers(threads if threads is not None else cores())
+        if keep_freed_memory:
+            keep_heap_for_reuse()
 
     def to_host(self, a: Any) -> np.ndarray:
         return np.asarray(a)
@@ -191,8 +236,8 @@ class NumpyBackend(Backend):
 
 
 def create(seed: int = 0, **options: Any) -> NumpyBackend:
-    """Entry point used by `get_backend("numpy")`; option: threads."""
-    unknown = set(options) - {"threads"}
+    """Entry point used by `get_backend("numpy")`; options: threads, keep_freed_memory."""
+    unknown = set(options) - {"threads", "keep_freed_memory"}
     if unknown:
-        raise TypeError(f"numpy backend options: threads; got {sorted(unknown)}")
+        raise TypeError(f"numpy backend options: threads, keep_freed_memory; got {sorted(unknown)}")
     return NumpyBackend(seed=seed, **options)
