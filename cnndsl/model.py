@@ -133,7 +133,7 @@ class Model(Executor):
             grads = self._backward(plan, saved, {plan.outputs[0]: grad})
         if not guards.all_finite(self.xp, value, grads):
             raise guards.non_finite_step(self, xb, yb, float(value), before)
-        self.optimizer.step(self.xp, self.params, grads)
+        self.optimizer.step(self.xp, self.params, grads, self.backend.workers)
         return float(value), p
 
     def _check_memory(self, batch: int, training: bool) -> None:

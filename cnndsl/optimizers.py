@@ -18,6 +18,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from cnndsl.ops.workers import SERIAL, Workers
+
 Array = Any
 
 
@@ -50,11 +52,21 @@ class Optimizer:
         """Learning rate of the next step (Keras' time-based `decay`)."""
         return self.lr / (1.0 + self.decay * self.iterations)
 
-    def step(self, xp: Any, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
-        """Update params in place from grads, then count the iteration."""
+    def step(
+        self,
+        xp: Any,
+        params: Mapping[str, Array],
+        grads: Mapping[str, Array],
+        workers: Workers = SERIAL,
+    ) -> None:
+        """Update params in place from grads, then count the iteration.
+
+        workers: run the arrays' updates on their lanes, largest first (each
+        array is updated by one lane, so the results are the same bits).
+        """
         lr = self.current_lr()
-        for key, g in grads.items():
-            self.update(xp, key, params[key], g, lr)
+        keys = sorted(grads, key=lambda k: -grads[k].size)
+        workers.each(keys, lambda lane, key: self.update(xp, key, params[key], grads[key], lr))
         self.iterations += 1
 
     def update(self, xp: Any, key: str, w: Array, g: Array, lr: float) -> None:
@@ -150,10 +162,16 @@ class Adam(Optimizer):
             "epsilon": self.epsilon,
         }
 
-    def step(self, xp: Any, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
+    def step(
+        self,
+        xp: Any,
+        params: Mapping[str, Array],
+        grads: Mapping[str, Array],
+        workers: Workers = SERIAL,
+    ) -> None:
         t = self.iterations + 1
         self._alpha = self.current_lr() * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
-        super().step(xp, params, grads)
+        super().step(xp, params, grads, workers)
 
     def update(self, xp: Any, key: str, w: Array, g: Array, lr: float) -> None:
         m = self._slot(xp, "m", key, w)

@@ -80,6 +80,31 @@ def test_rmsprop() -> None:
     assert steps[0][0] == pytest.approx(1 - 0.005 / (math.sqrt(0.025) + 1e-7), abs=1e-14)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+def test_optimizer_on_lanes_gives_the_serial_bits(name: str) -> None:
+    """Updates spread over threads (one array per lane) equal the serial updates exactly."""
+    from cnndsl.backends.numpy_backend import ThreadWorkers
+
+    rng = np.random.default_rng(5)
+    shapes = [(300, 200), (7,), (3, 3, 16, 32), (1,), (64, 10)]
+    start = {f"w{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in start.items()}] * 3
+    results = []
+    for workers in (None, ThreadWorkers(2), ThreadWorkers(3)):
+        opt = get_optimizer({"name": name, "lr": 0.05})
+        params = {k: v.copy() for k, v in start.items()}
+        for g in grads:
+            if workers is None:
+                opt.step(np, params, g)
+            else:
+                opt.step(np, params, g, workers)
+        results.append(params)
+    for other in results[1:]:
+        for k in start:
+            np.testing.assert_array_equal(other[k], results[0][k])
+    assert not np.array_equal(results[0]["w0"], start["w0"])
+
+
 def test_optimizer_specs_and_state_round_trip() -> None:
     opt = get_optimizer({"name": "sgd", "lr": 0.2, "momentum": 0.9, "decay": 0.01}, lr=0.05)
     assert isinstance(opt, SGD) and opt.lr == 0.05 and opt.momentum == 0.9
