@@ -150,7 +150,8 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
         return
     slots = len(model.optimizer.slots) if training else 0
     itemsize = model.dtype.itemsize
-    # NOTE: optimizer updates make temporaries the size of a weight (Adam: g*g, m/(sqrt(v)+e)).
+    # NOTE: an update on one lane (CuPy) makes temporaries the size of a weight (Adam: g*g,
+    # m/(sqrt(v)+e)); the NumPy backend's lanes update blocks, whose temporaries are small.
     largest_weight = max((s.size for s in model.specs.values()), default=0) * itemsize
     fixed = 2 * largest_weight if training else 0
     mem = estimate_memory(model.graph, batch, slots, itemsize)

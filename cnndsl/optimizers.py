@@ -22,6 +22,8 @@ from cnndsl.ops.workers import SERIAL, Workers
 
 Array = Any
 
+UPDATE_BLOCK = 1 << 16  # values updated at once: the update's temporaries stay in a core's L2
+
 
 class OptimizerError(ValueError):
     """An unknown optimizer or a bad hyperparameter."""
@@ -61,16 +63,32 @@ class Optimizer:
     ) -> None:
         """Update params in place from grads, then count the iteration.
 
-        workers: run the arrays' updates on their lanes, largest first (each
-        array is updated by one lane, so the results are the same bits).
+        With several lanes (the NumPy backend's threads) the arrays are
+        updated in blocks of UPDATE_BLOCK values spread over them: each
+        value's update is elementwise, so the bits are those of whole-array
+        updates, and a block's temporaries stay small where a whole-array
+        temporary of VGG-16's first dense kernel is 400 MB. One lane (CuPy)
+        updates whole arrays: one kernel launch per operation and weight.
         """
         lr = self.current_lr()
-        keys = sorted(grads, key=lambda k: -grads[k].size)
-        workers.each(keys, lambda lane, key: self.update(xp, key, params[key], grads[key], lr))
+        size = UPDATE_BLOCK if workers.lanes > 1 else None
+        blocks: list[tuple[Array, Array, dict[str, Array]]] = []
+        for key, g in grads.items():
+            w = params[key]
+            state = {slot: self._slot(xp, slot, key, w) for slot in self.slots}
+            if not all(a.flags.c_contiguous for a in (w, g, *state.values())):
+                blocks.append((w, g, state))  # NOTE: a flat view would be a copy: update it whole
+                continue
+            flat = [a.reshape(-1) for a in (w, g, *state.values())]
+            step = size or max(w.size, 1)
+            for lo in range(0, w.size, step):
+                part = [a[lo : lo + step] for a in flat]
+                blocks.append((part[0], part[1], dict(zip(state, part[2:], strict=True))))
+        workers.each(blocks, lambda lane, b: self.update(xp, b[0], b[1], b[2], lr))
         self.iterations += 1
 
-    def update(self, xp: Any, key: str, w: Array, g: Array, lr: float) -> None:
-        """Update one weight array in place with learning rate lr."""
+    def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
+        """Update (a block of) one weight array in place; state: its slots' matching blocks."""
         raise NotImplementedError
 
     def _slot(self, xp: Any, slot: str, key: str, w: Array) -> Array:
@@ -120,11 +138,11 @@ class SGD(Optimizer):
     def config(self) -> dict[str, Any]:
         return {**super().config, "momentum": self.momentum, "nesterov": self.nesterov}
 
-    def update(self, xp: Any, key: str, w: Array, g: Array, lr: float) -> None:
+    def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
         if self.momentum == 0:
             w -= lr * g
             return
-        v = self._slot(xp, "velocity", key, w)
+        v = state["velocity"]
         v *= self.momentum
         v -= lr * g
         if self.nesterov:
@@ -173,9 +191,8 @@ class Adam(Optimizer):
         self._alpha = self.current_lr() * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         super().step(xp, params, grads, workers)
 
-    def update(self, xp: Any, key: str, w: Array, g: Array, lr: float) -> None:
-        m = self._slot(xp, "m", key, w)
-        v = self._slot(xp, "v", key, w)
+    def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
+        m, v = state["m"], state["v"]
         m *= self.beta_1
         m += (1 - self.beta_1) * g
         v *= self.beta_2
@@ -201,8 +218,8 @@ class RMSprop(Optimizer):
     def config(self) -> dict[str, Any]:
         return {**super().config, "rho": self.rho, "epsilon": self.epsilon}
 
-    def update(self, xp: Any, key: str, w: Array, g: Array, lr: float) -> None:
-        a = self._slot(xp, "rms", key, w)
+    def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
+        a = state["rms"]
         a *= self.rho
         a += (1 - self.rho) * (g * g)
         w -= lr * g / (xp.sqrt(a) + self.epsilon)

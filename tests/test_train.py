@@ -18,7 +18,7 @@ from cnndsl.losses import (
     get_metric,
 )
 from cnndsl.model import Callback, Model, ModelError
-from cnndsl.optimizers import SGD, Adam, OptimizerError, RMSprop, get_optimizer
+from cnndsl.optimizers import SGD, UPDATE_BLOCK, Adam, OptimizerError, RMSprop, get_optimizer
 from cnndsl.parse import resource_path
 
 # ---- optimizers: Keras formulas, numbers worked by hand ----
@@ -86,9 +86,12 @@ def test_optimizer_on_lanes_gives_the_serial_bits(name: str) -> None:
     from cnndsl.backends.numpy_backend import ThreadWorkers
 
     rng = np.random.default_rng(5)
-    shapes = [(300, 200), (7,), (3, 3, 16, 32), (1,), (64, 10)]
+    shapes = [(400, 300), (7,), (3, 3, 16, 32), (1,), (64, 10)]  # (400, 300): two blocks
+    assert UPDATE_BLOCK < 400 * 300
     start = {f"w{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
     grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in start.items()}] * 3
+    # a gradient that is a transposed view (no flat view of it exists): updated whole
+    grads[1] = {**grads[1], "w0": np.ascontiguousarray(grads[1]["w0"].T).T}
     results = []
     for workers in (None, ThreadWorkers(2), ThreadWorkers(3)):
         opt = get_optimizer({"name": name, "lr": 0.05})

@@ -21,10 +21,11 @@ twice (columns and their gradient), and what layers keep in their own
 buffers from forward to backward (`Op.kept_for_training`: a Winograd conv's
 transformed input tiles, 2.25 values per input value).
 
-`training_peak` against tracemalloc peaks of NumPy training steps (Adam,
-plus the optimizer's temporaries the guard adds): digits b=2048 +50%,
-Fashion-MNIST b=256 +9%, ResNet-18 at 64×64 b=64 +73%, MobileNetV2 at 64×64
-b=64 +60%, VGG-16 at 32×32 b=8 -8%: it errs on the safe side.
+`training_peak` plus the optimizer's temporaries the guard adds, against
+tracemalloc peaks from building a model through two Adam training steps
+(measured 2026-11-29): digits b=2048 +91%, Fashion-MNIST b=256 +15%,
+ResNet-18 at 64×64 b=64 +36%, MobileNetV2 at 64×64 b=64 +76%, VGG-16 at
+32×32 b=8 +14%: it errs on the safe side.
 """
 
 from __future__ import annotations
