@@ -412,18 +412,20 @@ FAMILIES = {
 
 NOTES: dict[str, str] = {
     "fashion_mnist": "Convolutions, and inside them BLAS. The four 3×3 convs run as"
-    " Winograd F(4×4, 3×3) (forward, dx and dW) in chunks of 128 tiles (8 samples of 14×14,"
-    " 32 of 7×7). Of such a chunk's forward (128→128 on 14×14, one core, measured"
-    " 2026-11-29) the 36 GEMMs (tiles, c)·(c, f) take about 55%, the input and output"
-    " transforms (skinny GEMMs by kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ)) 35%, the copies into and"
-    " out of tiles 10%. On those GEMM shapes single-threaded OpenBLAS runs at 75-120"
-    " GFLOP/s where MKL's (torch.bmm, same shapes) runs at 130-155, and 4×4-output tiles"
-    " waste 31% of their work on 14×14 and 7×7 maps. The 7×7 stem (one input channel) is"
-    " an im2col GEMM with an inner dimension of 49; max pooling (2×2; backward one compare"
-    " over whole windows and one multiply) is most of the rest. cnndsl keeps both cores"
-    " about 90% busy (PyTorch: all but fully), and PyTorch's step time moves more from run"
-    " to run (160-260 ms against 230-310 ms in this stop's runs), so read the ratio as a"
-    " range.",
+    " Winograd F(4×4, 3×3) (forward, dx and dW; dW reads the input tiles the forward pass"
+    " kept) in chunks of 128 tiles (8 samples of 14×14, 32 of 7×7). Of such a chunk's"
+    " forward (128→128 on 14×14, one core, measured 2026-11-29) the 36 GEMMs (tiles,"
+    " c)·(c, f) take about 55%, the input and output transforms (skinny GEMMs by"
+    " kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ)) 35%, the copies into and out of tiles 10%. On those"
+    " GEMM shapes single-threaded OpenBLAS runs at 75-120 GFLOP/s where MKL's (torch.bmm,"
+    " same shapes) runs at 130-155, and 4×4-output tiles waste 31% of their work on 14×14"
+    " and 7×7 maps. The 7×7 stem (one input channel) is an im2col GEMM with an inner"
+    " dimension of 49 over tap-major columns; max pooling (2×2; backward one compare over"
+    " whole windows and one multiply) is most of the rest. cnndsl keeps both cores 91-94%"
+    " busy (PyTorch: all but fully; the two 7×7 layers split into two chunks, one a lane,"
+    " and lose most of the rest when a core is shared), and PyTorch's step time moves more"
+    " from run to run (160-215 ms against 185-255 ms in this stop's runs), so read the"
+    " ratio as a range.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
     " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"
     " whose 36 GEMMs per chunk have the same limit, and so does dW but on the 4×4 maps"
@@ -435,7 +437,8 @@ NOTES: dict[str, str] = {
     "mobilenet96": "Memory-bound, not GEMM-bound: the depthwise convs cost two NumPy passes"
     " per kernel tap forward and four backward (rows run as contiguous ow·c strips with a"
     " tiled kernel row, so NumPy's inner loops are long), and batchnorm + relu6 the passes"
-    " above; the 1×1 convs are plain GEMMs.",
+    " above; the 1×1 convs are plain GEMMs. Before malloc kept freed arrays (see below)"
+    " a step took 23,000 page faults and 200 ms of system time.",
     "resnet34_infer": "Convolutions only: batchnorm is folded into them (passes/fold.py), the"
     " relu of each conv runs inside its GEMM chunk and relu(a + b) inside the add, and the"
     " stride-1 3×3 convs run as Winograd F(4×4, 3×3). PyTorch's eager NCHW model runs"
@@ -476,9 +479,20 @@ OpenMP threads suffer more from it than cnndsl's chunked lanes (which
 rebalance when a core is busy): compare ratios measured on a quiet machine
 (see the load averages above). Tried and dropped: Winograd with its
 transforms as a dozen NumPy passes per tile (they cost more than the 2.25×
-fewer multiplies save), and a pool of recycled activation buffers (keeping
-all freed memory in the heap with glibc's malloc tunables, which is what such
-a pool would buy, changed no step time measurably)."""
+fewer multiplies save), and Winograd chunks of 64 tiles on the 7×7 maps (four
+chunks for two lanes: 2% slower, the GEMMs thinner).
+
+Memory traffic between steps: glibc's malloc returns a freed heap top to the
+system, so each step's fresh activations and gradients were refaulted page by
+page (5,400 faults and 25 ms of system time a Fashion-MNIST step, 23,000 and
+200 ms on MobileNet). The NumPy backend has malloc keep freed arrays of up to
+32 MiB (`mallopt`, once per process, `keep_freed_memory=False` to opt out):
+no faults, the same peak RSS, steps 1.05-1.2× faster. A Winograd layer's
+forward keeps its transformed input tiles (2.25 values per input value) in a
+buffer reused from step to step, and its kernel gradient reads them instead
+of making them again: 1.04× on the Fashion-MNIST step, 1.05× on ResNet-18,
+for 42 and 236 MiB. The optimizer updates blocks of 64K values over the
+lanes (1.01× and 1.04×)."""
 
 
 if __name__ == "__main__":
