@@ -424,7 +424,7 @@ NOTES: dict[str, str] = {
     " whole windows and one multiply) is most of the rest. cnndsl keeps both cores 91-94%"
     " busy (PyTorch: all but fully; the two 7×7 layers split into two chunks, one a lane,"
     " and lose most of the rest when a core is shared), and PyTorch's step time moves more"
-    " from run to run (160-215 ms against 185-255 ms in this stop's runs), so read the"
+    " from run to run (160-255 ms against 185-265 ms in this stop's runs), so read the"
     " ratio as a range.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
     " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"

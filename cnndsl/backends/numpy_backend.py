@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import itertools
 import os
-import platform
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,14 @@ HEAP_TRIM_THRESHOLD = 128 << 20
 _heap_kept: bool | None = None
 
 
+def _glibc() -> bool:
+    """Whether this process runs on GNU libc (which has mallopt and these parameters)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # NOTE: musl, macOS, Windows
+        return False
+
+
 def keep_heap_for_reuse() -> bool:
     """Have glibc's malloc keep freed arrays of up to 32 MiB for reuse; True if it now does.
 
@@ -58,7 +65,7 @@ def keep_heap_for_reuse() -> bool:
         _heap_kept = False
         configured = any(k.startswith("MALLOC_") for k in os.environ)
         configured = configured or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and not configured:
+        if _glibc() and not configured:
             try:
                 libc = ctypes.CDLL(None)
                 _heap_kept = bool(
