@@ -47,12 +47,14 @@ def test_training_peak_and_workspace_by_hand() -> None:
     mem = estimate_memory(net.graph, batch=8)
     # Floats per sample: input 16, conv 32, relu 32, flatten 32. Saved for backward: all
     # (112); gradients alive at once: the two largest (64). Weights 4, grads 4, 1 slot 4.
-    assert mem.training_peak == (112 + 64) * 8 * 4 + 3 * 4 * 4
+    # Kernel-gradient partials: one a chunk (the batch is one chunk) of 1·1·1·2 values.
+    assert mem.training_peak == (112 + 64) * 8 * 4 + 3 * 4 * 4 + 1 * 2 * 4
     net = cnndsl.compile("network n() {\n input x: [5, 5, 2]\n return x -> conv(3, 3)\n}")
     mem = estimate_memory(net.graph, batch=4)
     # im2col columns: 3·3 outputs × 3·3·2 taps = 162 floats a sample, 4 samples, 4 bytes;
-    # the input (50) and output (27) alive at once, plus 57 weights.
-    assert mem.workspace == 162 * 4 * 4
+    # the input (50) and output (27) alive at once, plus 57 weights. Shared by the lanes:
+    # the Winograd kernel transform, 36 values per (c, f) pair.
+    assert mem.workspace == 162 * 4 * 4 + 36 * 2 * 3 * 4
     assert mem.inference_peak == (50 + 27) * 4 * 4 + 57 * 4
 
 
@@ -75,6 +77,24 @@ def test_training_peak_counts_the_winograd_tiles_a_conv_keeps(monkeypatch: Any) 
     assert with_tiles - estimate_memory(wide, batch=3).training_peak == 36 * 2 * 2 * 32 * 3 * 4
 
 
+def test_kernel_gradient_partials_in_the_plan() -> None:
+    """The plan counts the partials the kernel keeps (`kernel_grad_partials`, tested there)."""
+    from cnndsl.ops.conv import conv_geometry
+    from cnndsl.ops.conv_kernels import kernel_grad_partials
+    from cnndsl.passes.memory import shared_scratch
+
+    text = "network n() {\n input x: [14, 14, 512]\n return x -> conv(512, 3)\n}"
+    g = cnndsl.compile(text).graph
+    conv = [layer for layer in g if layer.op == "conv"][0]
+    inputs = [g[p] for p in conv.inputs]
+    geo = conv_geometry(conv.attrs, (14, 14, 512))
+    for batch in (1, 4, 64):
+        count = kernel_grad_partials(batch, geo, 512, 4)
+        assert 1 <= count <= max(batch, 8)
+        transform, partials = shared_scratch(conv, inputs, batch, 4)
+        assert (transform, partials) == (36 * 512 * 512 * 4, count * 9 * 512 * 512 * 4)
+
+
 def test_workspace_is_capped_for_chunked_convs_only() -> None:
     """Plain convs run in chunks (scratch capped); grouped convs build every sample's columns."""
     from cnndsl.passes.memory import SCRATCH, estimate_memory
@@ -87,8 +107,9 @@ def test_workspace_is_capped_for_chunked_convs_only() -> None:
         return estimate_memory(cnndsl.compile(text).graph, batch=batch).workspace
 
     per_sample = (32 * 32 * 3 * 3 * 8 + 32 * 32 * 8) * 4  # columns + padded input, plain conv
-    assert workspace(1, 1) == per_sample
-    assert workspace(1, 256) == SCRATCH < per_sample * 256
+    transform = 36 * 8 * 8 * 4  # shared by the lanes (not for grouped convs)
+    assert workspace(1, 1) == per_sample + transform
+    assert workspace(1, 256) == SCRATCH + transform < per_sample * 256
     # backward holds the column gradients of both groups at once: all 8 channels
     assert workspace(2, 256) == per_sample * 256
 

@@ -270,6 +270,81 @@ def test_conv_layer_reads_kept_tiles_only_from_its_latest_forward() -> None:
     assert inference.tiles is None  # nothing is kept outside training
 
 
+@pytest.mark.parametrize("winograd", [False, True])
+def test_kernel_gradient_partials_shared_by_runs_of_chunks(
+    winograd: bool, monkeypatch: Any
+) -> None:
+    """Where the partials would outgrow PARTIALS_BYTES, runs of chunks add into one partial:
+    the sums equal one partial per chunk, and threads still do not change a bit."""
+    from cnndsl.ops import conv_kernels
+
+    x, kernel, geo, dz = conv_case(0, n=7)
+    monkeypatch.setattr(conv_kernels, "GEMM_ROWS", 1)  # im2col: a chunk a sample
+    monkeypatch.setattr(conv_kernels, "WINOGRAD_CHUNK_TILES", 1)  # Winograd: 4 chunks
+    method = "winograd" if winograd else "im2col"
+    kw: dict[str, Any] = dict(
+        want_dx=True, want_db=True, method="full", relu_out=None, kernel_method=method,
+    )  # fmt: skip
+    per_chunk = conv2d_backward(np, x, dz, kernel, geo, workers=small_chunks(), **kw)
+    monkeypatch.setattr(conv_kernels, "PARTIALS_BYTES", 1)
+    monkeypatch.setattr(conv_kernels, "MIN_PARTIALS", 3)  # 7 or 4 chunks in 3 runs
+    grouped = []
+    for workers in (small_chunks(), ThreadWorkers(2), ThreadWorkers(3)):
+        workers.chunk_bytes = 1
+        grouped.append(conv2d_backward(np, x, dz, kernel, geo, workers=workers, **kw))
+        parts = workers._scratch[("numpy", -1, "dk_parts", np.dtype(np.float64).str)]
+        assert parts.size == 3 * kernel.size  # three partials, not one per chunk
+    for a, b in zip(per_chunk, grouped[0], strict=True):
+        np.testing.assert_allclose(a, b, **TIGHT)
+    for other in grouped[1:]:
+        for a, b in zip(grouped[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("shape", "filters", "n", "budget"),
+    [
+        ((14, 14, 32), 32, 64, None),  # Winograd dW: power-of-two chunks
+        ((9, 9, 3), 8, 40, None),  # im2col dW
+        ((6, 6, 4), 6, 17, 1),  # partials over budget: MIN_PARTIALS runs of chunks
+        ((5, 5, 2), 3, 3, None),  # fewer samples than chunks would be
+    ],
+)
+def test_memory_plans_count_the_partials_the_kernel_keeps(
+    shape: Any, filters: int, n: int, budget: int | None, monkeypatch: Any
+) -> None:
+    from cnndsl.ops import conv_kernels
+    from cnndsl.ops.conv_kernels import kernel_grad_partials
+
+    if budget is not None:
+        monkeypatch.setattr(conv_kernels, "PARTIALS_BYTES", budget)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, shape[2], filters)).astype(np.float32)
+    geo = geometry_of(shape, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+    dz = rng.normal(size=(n, *geo.out, filters)).astype(np.float32)
+    workers = Workers()
+    conv2d_backward(
+        np, x, dz, kernel, geo, want_dx=False, want_db=False, method="full",
+        relu_out=None, workers=workers,
+    )  # fmt: skip
+    parts = workers._scratch[("numpy", -1, "dk_parts", np.dtype(np.float32).str)]
+    assert parts.size == kernel_grad_partials(n, geo, filters, 4) * kernel.size
+
+
+def test_partial_groups_are_runs_of_consecutive_chunks() -> None:
+    from cnndsl.ops.conv_kernels import MIN_PARTIALS, PARTIALS_BYTES, _partial_groups
+
+    chunks = [(i, i + 1) for i in range(21)]
+    assert _partial_groups(chunks, 1) == [(c,) for c in chunks]  # small partials: one a chunk
+    big = _partial_groups(chunks, PARTIALS_BYTES // 4)  # 4 fit the budget, but 8 are kept
+    assert len(big) == MIN_PARTIALS == 8
+    assert [c for run in big for c in run] == chunks
+    assert max(map(len, big)) - min(map(len, big)) <= 1
+    assert len(_partial_groups(chunks, PARTIALS_BYTES // 12)) == 12
+    assert len(_partial_groups(chunks[:5], PARTIALS_BYTES)) == 5  # never more runs than chunks
+
+
 def test_first_layer_skips_its_input_gradient() -> None:
     x, kernel, geo, dz = conv_case(0)
     dx, dk, db = conv2d_backward(

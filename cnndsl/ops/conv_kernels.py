@@ -46,6 +46,8 @@ WINOGRAD_MAX_GRAD_PAIRS = 256 * 256  # c·f, for dW: the per-point sums' scratch
 WINOGRAD_MAX_OVERHANG = 1.35  # tile area over map area: 14×14 and 7×7 (16×16, 8×8) pass
 GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partials few
 WINOGRAD_CHUNK_TILES = 128  # fewest tiles per Winograd chunk: the rows of its 36 GEMMs
+PARTIALS_BYTES = 64 << 20  # the kernel gradient's partial sums, where more than MIN_PARTIALS
+MIN_PARTIALS = 8  # partials a layer may keep whatever their size (lanes stay busy)
 
 
 # ---- window geometry on arrays ----
@@ -442,9 +444,10 @@ def conv2d_backward(
     y2 = relu_out.reshape(-1, f) if relu_out is not None else None
     winograd_dk = (kernel_method or kernel_grad_method(geo, f)) == "winograd"
     chunks = _chunks(workers, n, geo, x.dtype.itemsize, winograd=winograd_dk)
-    # One partial per chunk, summed in chunk order below (lane -1: shared, one per chunk).
-    dk_parts = workers.scratch(xp, -1, "dk_parts", (len(chunks), k, f), dtype)
-    db_parts = workers.scratch(xp, -1, "db_parts", (len(chunks), f), dtype) if want_db else None
+    groups = _partial_groups(chunks, k * f * dtype.itemsize)
+    # One partial per group of chunks, summed in group order below (lane -1: shared).
+    dk_parts = workers.scratch(xp, -1, "dk_parts", (len(groups), k, f), dtype)
+    db_parts = workers.scratch(xp, -1, "db_parts", (len(groups), f), dtype) if want_db else None
     dx = xp.empty(x.shape, dtype=dtype) if want_dx else None
     full = geo.transposed(f) if method in ("full", "winograd") else None
     wfull = ufull = None
@@ -456,11 +459,23 @@ def conv2d_backward(
         else:
             flipped = xp.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
             wfull = flipped.reshape(-1, c)
-    index = {chunk: i for i, chunk in enumerate(chunks)}
+    index = {group: i for i, group in enumerate(groups)}
 
-    def run(lane: int, chunk: tuple[int, int]) -> None:
+    def run(lane: int, group: tuple[tuple[int, int], ...]) -> None:
+        i = index[group]
+        for j, chunk in enumerate(group):
+            if j == 0:  # the group's first chunk writes its partials, the others add to them
+                chunk_grads(lane, chunk, dk_parts[i], db_parts[i] if db_parts is not None else None)
+                continue
+            dk_more = workers.scratch(xp, lane, "dk_more", (k, f), dtype)
+            db_more = workers.scratch(xp, lane, "db_more", (f,), dtype) if want_db else None
+            chunk_grads(lane, chunk, dk_more, db_more)
+            dk_parts[i] += dk_more
+            if db_parts is not None:
+                db_parts[i] += db_more
+
+    def chunk_grads(lane: int, chunk: tuple[int, int], dk_part: Array, db_part: Any) -> None:
         n0, n1 = chunk
-        i = index[chunk]
         rows = slice(n0 * oh * ow, n1 * oh * ow)
         if y2 is not None:
             dz = workers.scratch(xp, lane, "dz", (rows.stop - rows.start, f), dtype)
@@ -469,14 +484,14 @@ def conv2d_backward(
             dz = dy2[rows]
         if winograd_dk:
             dz4 = dz.reshape(n1 - n0, oh, ow, f)
-            part = dk_parts[i].reshape(fh * fw, c * f)
+            part = dk_part.reshape(fh * fw, c * f)
             tiles = _kept_chunk(kept, geo, n0, n1)
             winograd.kernel_grad_chunk(xp, workers, lane, x[n0:n1], geo.pads, dz4, part, tiles)
         else:
             a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
-            xp.matmul(a.T, dz, out=dk_parts[i])
-        if db_parts is not None:
-            workers.colsum(xp, dz, out=db_parts[i])
+            xp.matmul(a.T, dz, out=dk_part)
+        if db_part is not None:
+            workers.colsum(xp, dz, out=db_part)
         if dx is None:
             return
         if geo.pointwise:
@@ -493,10 +508,36 @@ def conv2d_backward(
         else:
             _col2im_chunk(xp, workers, lane, dz, wmat, dx, n0, n1, geo)
 
-    workers.each(chunks, run)
+    workers.each(groups, run)
     dk = workers.sum_partials(xp, dk_parts)  # a fresh array: the partials stay in scratch
     db = db_parts.sum(axis=0) if db_parts is not None else None
     return dx, dk.reshape(kernel.shape), db
+
+
+def kernel_grad_partials(n: int, geo: Geometry, filters: int, itemsize: int) -> int:
+    """How many kernel-gradient partials conv2d_backward keeps for a batch of n (memory plans)."""
+    winograd_dk = kernel_grad_method(geo, filters) == "winograd"
+    chunks = _chunks(Workers(), n, geo, itemsize, winograd=winograd_dk)
+    k = geo.kernel[0] * geo.kernel[1] * geo.channels
+    return len(_partial_groups(chunks, k * filters * itemsize))
+
+
+def _partial_groups(
+    chunks: list[tuple[int, int]], partial_bytes: int
+) -> list[tuple[tuple[int, int], ...]]:
+    """The chunks in runs of consecutive ones, each run summing into one kernel-gradient partial.
+
+    One run per chunk while the partials fit PARTIALS_BYTES, else as few runs
+    as fit, but MIN_PARTIALS or more. NOTE: a partial is fh·fw·c·f values: for
+    a 512→512 3×3 conv 9.4 MB, and at one partial per chunk VGG-16's 28×28
+    convs kept 64 of them. The runs depend on the chunks and sizes only, never
+    on the lanes, so the sums have the same bits however many threads run them.
+    """
+    count = len(chunks)
+    if count * partial_bytes > PARTIALS_BYTES:
+        count = min(count, max(MIN_PARTIALS, PARTIALS_BYTES // max(partial_bytes, 1)))
+    n = len(chunks)
+    return [tuple(chunks[i * n // count : (i + 1) * n // count]) for i in range(count)]
 
 
 def _pointwise_dx(

@@ -17,15 +17,17 @@ at once, so theirs are counted in full. `training_peak` is the executor's
 training plan: what backward keeps of each activation (about one
 activation's worth per layer), the gradients alive at once (at most the two
 largest activations), weights, gradients, optimizer slots, the workspace
-twice (columns and their gradient), and what layers keep in their own
+twice (columns and their gradient), the scratch the lanes share (the
+Winograd kernel transform, the kernel-gradient partials: `shared_scratch`;
+the transform is part of `workspace` too), and what layers keep in their own
 buffers from forward to backward (`Op.kept_for_training`: a Winograd conv's
 transformed input tiles, 2.25 values per input value).
 
 `training_peak` plus the optimizer's temporaries the guard adds, against
 tracemalloc peaks from building a model through two Adam training steps
-(measured 2026-11-29): digits b=2048 +91%, Fashion-MNIST b=256 +15%,
-ResNet-18 at 64×64 b=64 +36%, MobileNetV2 at 64×64 b=64 +76%, VGG-16 at
-32×32 b=8 +14%: it errs on the safe side.
+(measured 2026-11-29): digits b=2048 +92%, Fashion-MNIST b=256 +21%,
+ResNet-18 at 64×64 b=64 +47%, MobileNetV2 at 64×64 b=64 +76%, VGG-16 at
+32×32 b=8 +20%: it errs on the safe side.
 """
 
 from __future__ import annotations
@@ -35,17 +37,19 @@ from dataclasses import dataclass
 
 from cnndsl.ir import Graph, Layer, shapes_of
 from cnndsl.ops import OPS
+from cnndsl.ops.conv import conv_geometry
+from cnndsl.ops.conv_kernels import kernel_grad_partials
+from cnndsl.ops.winograd import SPAN
 
 BYTES = 4  # float32
 # Bytes of scratch the chunked conv kernels keep per lane: about 4 MiB of
 # im2col columns, and for Winograd layers tile buffers of 128-256 tiles
 # (36·tiles·(c + f) values each) plus the per-point kernel-gradient sums.
-# Shared besides: the Winograd kernel transform (36·c·f values) and the
-# per-chunk kernel-gradient partials. Measured after a batch-64 training
-# step: 39 MiB a lane and 14 MiB shared for Fashion-MNIST, 51 and 54 MiB for
-# CIFAR ResNet-18 (36 MiB of it the 512-channel kernel transform).
-# training_peak counts SCRATCH twice; its other terms err on the safe side
-# by more than the rest (see the module docstring).
+# Measured after a batch-64 training step: 39 MiB a lane for Fashion-MNIST,
+# 51 MiB for CIFAR ResNet-18. training_peak counts SCRATCH twice; its other
+# terms err on the safe side by more than the rest (see the module docstring).
+# Shared by the lanes, and counted apart (`shared_scratch`): the Winograd
+# kernel transform and the kernel-gradient partials.
 SCRATCH = 64 << 20
 
 
@@ -83,6 +87,25 @@ def workspace(layer: Layer, inputs: list[Layer]) -> int:
     return math.prod(layer.shape[:-1]) * kernel[0] * kernel[1] * c_in + padded
 
 
+def shared_scratch(layer: Layer, inputs: list[Layer], batch: int, itemsize: int) -> tuple[int, int]:
+    """Bytes of a conv's lane-shared scratch: (the Winograd kernel transform, dW partials).
+
+    The transform holds 36·c·f values (counted for every 3×3 conv); the kernel
+    gradient one partial of fh·fw·c·f values per chunk of the batch, runs of
+    chunks sharing one where they would outgrow PARTIALS_BYTES
+    (`conv_kernels.kernel_grad_partials`).
+    """
+    if layer.op != "conv" or not inputs or inputs[0].shape is None:
+        return 0, 0
+    if int(layer.attrs.get("groups", 1) or 1) != 1:
+        return 0, 0
+    geo = conv_geometry(layer.attrs, inputs[0].shape)
+    c, f = geo.channels, int(layer.attrs["filters"])
+    transform = SPAN * SPAN * c * f * itemsize if geo.kernel == (3, 3) else 0
+    partial = geo.kernel[0] * geo.kernel[1] * c * f * itemsize
+    return transform, kernel_grad_partials(batch, geo, f, itemsize) * partial
+
+
 def kept_for_training(layer: Layer, inputs: list[Layer]) -> int:
     """Values per sample a layer keeps in its own buffer from forward to backward."""
     if layer.shape is None or any(i.shape is None for i in inputs):
@@ -97,10 +120,13 @@ def estimate_memory(
     layers = list(g)
     sizes = {layer.path: math.prod(layer.shape or ()) * batch * itemsize for layer in layers}
     work = {}
-    kept = 0
+    kept = transform = partials = 0
     for layer in layers:
-        kept += kept_for_training(layer, [g[p] for p in layer.inputs]) * batch * itemsize
-        one = workspace(layer, [g[p] for p in layer.inputs]) * itemsize  # one sample's
+        inputs = [g[p] for p in layer.inputs]
+        kept += kept_for_training(layer, inputs) * batch * itemsize
+        shared = shared_scratch(layer, inputs, batch, itemsize)
+        transform, partials = max(transform, shared[0]), max(partials, shared[1])
+        one = workspace(layer, inputs) * itemsize  # one sample's
         grouped = int(layer.attrs.get("groups", 1) or 1) > 1  # whole-batch columns, not chunks
         work[layer.path] = one * batch if grouped else min(one * batch, max(one, SCRATCH))
     order = {layer.path: i for i, layer in enumerate(layers)}
@@ -128,8 +154,14 @@ def estimate_memory(
         params,
         inference_peak=peak + params,
         training=2 * activations + weights,
-        workspace=scratch,
-        training_peak=activations + sum(largest) + weights + 2 * scratch + kept,
+        workspace=scratch + transform,
+        training_peak=activations
+        + sum(largest)
+        + weights
+        + 2 * scratch
+        + transform
+        + partials
+        + kept,
     )
 
 
