@@ -33,6 +33,7 @@ from cnndsl.ops.conv_kernels import (
     input_grad_method,
     kept_tiles_size,
     kernel_grad_method,
+    kernel_grad_partials,
 )
 from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
 from cnndsl.ops.registry import (
@@ -60,6 +61,7 @@ from cnndsl.ops.registry import (
     spatial,
     window_out,
 )
+from cnndsl.ops.winograd import SPAN
 from cnndsl.ops.workers import workers_of
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -239,6 +241,19 @@ class Conv(Op):
         if (plan.get("forward"), plan.get("kernel_grad")) != ("winograd", "winograd"):
             return 0
         return kept_tiles_size(conv_geometry(a, xs[0]), 1)
+
+    def shared_scratch(
+        self, a: Attrs, xs: Sequence[Shape], y: Shape, batch: int, itemsize: int
+    ) -> tuple[int, int]:
+        """The Winograd kernel transform, 36·c·f values (counted for every 3×3 conv), and
+        the kernel gradient's partials of fh·fw·c·f values (`kernel_grad_partials`)."""
+        if a.groups != 1:
+            return 0, 0
+        geo = conv_geometry(a, xs[0])
+        c, f = geo.channels, a.filters
+        transform = SPAN * SPAN * c * f * itemsize if geo.kernel == (3, 3) else 0
+        partial = geo.kernel[0] * geo.kernel[1] * c * f * itemsize
+        return transform, kernel_grad_partials(batch, geo, f, itemsize) * partial
 
     def fresh_output(self, a: Attrs) -> bool:
         return a.activation == "none"

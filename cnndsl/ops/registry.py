@@ -413,6 +413,15 @@ class Op:
         """
         return 0
 
+    def shared_scratch(
+        self, a: Attrs, xs: Sequence[Shape], y: Shape, batch: int, itemsize: int
+    ) -> tuple[int, int]:
+        """Bytes of scratch the kernels share between lanes: (any pass, training only too).
+
+        E.g. a conv's Winograd kernel transform, and its kernel-gradient partials.
+        """
+        return 0, 0
+
     def fresh_output(self, a: Attrs) -> bool:
         """Whether forward returns a new array that nothing else references.
 

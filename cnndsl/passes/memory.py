@@ -18,7 +18,7 @@ training plan: what backward keeps of each activation (about one
 activation's worth per layer), the gradients alive at once (at most the two
 largest activations), weights, gradients, optimizer slots, the workspace
 twice (columns and their gradient), the scratch the lanes share (the
-Winograd kernel transform, the kernel-gradient partials: `shared_scratch`;
+Winograd kernel transform, the kernel-gradient partials: `Op.shared_scratch`;
 the transform is part of `workspace` too), and what layers keep in their own
 buffers from forward to backward (`Op.kept_for_training`: a Winograd conv's
 transformed input tiles, 2.25 values per input value).
@@ -37,9 +37,6 @@ from dataclasses import dataclass
 
 from cnndsl.ir import Graph, Layer, shapes_of
 from cnndsl.ops import OPS
-from cnndsl.ops.conv import conv_geometry
-from cnndsl.ops.conv_kernels import kernel_grad_partials
-from cnndsl.ops.winograd import SPAN
 
 BYTES = 4  # float32
 # Bytes of scratch the chunked conv kernels keep per lane: about 4 MiB of
@@ -88,22 +85,12 @@ def workspace(layer: Layer, inputs: list[Layer]) -> int:
 
 
 def shared_scratch(layer: Layer, inputs: list[Layer], batch: int, itemsize: int) -> tuple[int, int]:
-    """Bytes of a conv's lane-shared scratch: (the Winograd kernel transform, dW partials).
-
-    The transform holds 36·c·f values (counted for every 3×3 conv); the kernel
-    gradient one partial of fh·fw·c·f values per chunk of the batch, runs of
-    chunks sharing one where they would outgrow PARTIALS_BYTES
-    (`conv_kernels.kernel_grad_partials`).
-    """
-    if layer.op != "conv" or not inputs or inputs[0].shape is None:
+    """Bytes of the scratch a layer's kernels share between lanes (`Op.shared_scratch`)."""
+    if layer.shape is None or any(i.shape is None for i in inputs):
         return 0, 0
-    if int(layer.attrs.get("groups", 1) or 1) != 1:
-        return 0, 0
-    geo = conv_geometry(layer.attrs, inputs[0].shape)
-    c, f = geo.channels, int(layer.attrs["filters"])
-    transform = SPAN * SPAN * c * f * itemsize if geo.kernel == (3, 3) else 0
-    partial = geo.kernel[0] * geo.kernel[1] * c * f * itemsize
-    return transform, kernel_grad_partials(batch, geo, f, itemsize) * partial
+    return OPS[layer.op].shared_scratch(
+        layer.attrs, shapes_of(inputs), layer.shape, batch, itemsize
+    )
 
 
 def kept_for_training(layer: Layer, inputs: list[Layer]) -> int:
