@@ -416,7 +416,7 @@ class Op:
     def shared_scratch(
         self, a: Attrs, xs: Sequence[Shape], y: Shape, batch: int, itemsize: int
     ) -> tuple[int, int]:
-        """Bytes of scratch the kernels share between lanes: (any pass, training only too).
+        """Bytes of scratch the kernels share between lanes: (in every pass, in training only).
 
         E.g. a conv's Winograd kernel transform, and its kernel-gradient partials.
         """
