@@ -332,6 +332,31 @@ def test_memory_plans_count_the_partials_the_kernel_keeps(
     assert parts.size == kernel_grad_partials(n, geo, filters, 4) * kernel.size
 
 
+def test_small_batches_run_as_fewer_chunks_in_use(monkeypatch: Any) -> None:
+    """The defaults (not this suite's test-sized chunks): streaming chunks of 256 KiB or
+    more, so a digits-sized batch is not cut into eight dispatches of a few KiB each."""
+    from cnndsl.ops import winograd
+
+    monkeypatch.undo()  # the defaults, not conftest's test-sized chunks
+    w = Workers()
+    # 8 KiB a sample: 32 samples make one chunk (not 8 of 4 samples, 32 KiB)
+    assert len(w.batch_chunks(32, 8 * 8 * 32 * 4, stream=True)) == 1
+    # 49 KiB a sample: 8 chunks of 8 samples (392 KiB), as without the floor
+    assert len(w.batch_chunks(64, 14 * 14 * 64 * 4, stream=True)) == 8
+    # 12 KiB a sample: chunks of 21 samples (257 KiB), 7 of them, instead of 8 of 16
+    assert len(w.batch_chunks(128, 7 * 7 * 64 * 4, stream=True)) == 7
+    rows = []
+    run = Workers.each
+    monkeypatch.setattr(
+        Workers, "each", lambda self, chunks, fn: (rows.append(chunks), run(self, chunks, fn))
+    )
+    kernel = np.ones((3, 3, 32, 32), np.float32)
+    winograd.transform_kernel(np, kernel, w)  # 147 KiB of transform: one block
+    big = np.ones((3, 3, 128, 128), np.float32)
+    winograd.transform_kernel(np, big, w)  # 2.3 MiB: TRANSFORM_BLOCKS blocks
+    assert [len(r) for r in rows] == [1, winograd.TRANSFORM_BLOCKS]
+
+
 def test_partial_groups_are_runs_of_consecutive_chunks() -> None:
     from cnndsl.ops.conv_kernels import MIN_PARTIALS, PARTIALS_BYTES, _partial_groups
 

@@ -73,6 +73,7 @@ GRAD_TILE_TRANSFORM = np.kron(_AT.T, _AT.T)  # (36, 16): a 4×4 dz tile, transfo
 GRAD_OUTPUT_TRANSFORM = np.kron(_G.T, _G.T)  # (9, 36): back to the 3×3 taps
 
 TRANSFORM_BLOCKS = 8  # row blocks of a kernel transform, spread over the lanes
+TRANSFORM_BLOCK_BYTES = 256 << 10  # ... each of at least this much output (dispatch pays off)
 
 _constants: dict[tuple[str, str, str], Any] = {}
 
@@ -121,7 +122,9 @@ def transform_kernel(xp: Any, kernel: Array, workers: Workers, flipped: bool = F
         # Both reshapes are views: a block's rows are contiguous within each plane.
         xp.matmul(g, src.reshape(9, -1), out=u[:, lo:hi].reshape(SPAN * SPAN, -1))
 
-    step = -(-rows // TRANSFORM_BLOCKS)
+    size = SPAN * SPAN * rows * cols * u.dtype.itemsize
+    blocks = max(1, min(TRANSFORM_BLOCKS, size // TRANSFORM_BLOCK_BYTES))
+    step = -(-rows // blocks)
     workers.each([(lo, min(rows, lo + step)) for lo in range(0, rows, step)], run)
     return u
 
