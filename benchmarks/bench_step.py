@@ -424,7 +424,7 @@ NOTES: dict[str, str] = {
     " whole windows and one multiply) is most of the rest. cnndsl keeps both cores 91-94%"
     " busy (PyTorch: all but fully; the two 7×7 layers split into two chunks, one a lane,"
     " and lose most of the rest when a core is shared), and both step times move from run"
-    " to run (in this stop's runs PyTorch's 160-255 ms, cnndsl's 185-265 ms), so read the"
+    " to run (in this stop's runs PyTorch's 160-255 ms, cnndsl's 185-270 ms), so read the"
     " ratio as a range.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
     " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"
