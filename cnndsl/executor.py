@@ -92,7 +92,9 @@ class Executor:
         self.params: dict[str, Array] = {}
         # Per step, the dict of weights its kernel receives (the same arrays as params).
         self._weights: list[dict[str, Array]] = []
+        # Per step, buffers its layer keeps between calls (ctx.cache; None while turned off).
         self._caches: list[dict[str, Any]] = [{} for _ in self.plan.steps]
+        self._layer_buffers = True
         self.frozen: set[str] = {layer.path for layer in graph if not layer.trainable}
         self._init_weights(seed)
         self._train_plans: dict[str, tuple[Plan, bool]] = {}
@@ -177,6 +179,21 @@ class Executor:
         self._requires = requires
         self._updatable = updatable
 
+    def keep_layer_buffers(self, on: bool) -> None:
+        """Let layers keep buffers between calls (Winograd convs: their input tiles), or not.
+
+        Such buffers only save time; the memory guard turns them off (and
+        frees them) where a training batch fits only without them.
+        """
+        self._layer_buffers = on
+        if not on:
+            for cache in self._caches:
+                cache.clear()
+
+    def layer_buffer_bytes(self) -> int:
+        """Bytes of the buffers layers keep between calls now."""
+        return sum(getattr(v, "nbytes", 0) for cache in self._caches for v in cache.values())
+
     # ---- forward and backward ----
     def _context(self, step: Step, training: bool) -> Context:
         if training and step.op == "batchnorm" and step.path in self.frozen:
@@ -186,7 +203,7 @@ class Executor:
             rng=self.backend.rng,
             needs_input_grad=tuple(self._requires[j] for j in step.inputs),
             overrides=self.backend.overrides,
-            cache=self._caches[step.output],
+            cache=self._caches[step.output] if self._layer_buffers else None,
             workers=self.backend.workers,
         )
 

@@ -162,14 +162,24 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
         found = available_memory(model.backend)
         if found is None:
             return  # NOTE: nothing to compare with; run as before rather than refuse
-        # Weights and optimizer state exist already: free memory must hold only the rest.
-        resident = mem.params + sum(
+        # Weights, optimizer state and layers' buffers exist already: free memory must
+        # hold only the rest.
+        resident = mem.params + model.layer_buffer_bytes()
+        resident += sum(
             a.nbytes for table in model.optimizer.state.values() for a in table.values()
         )
         available, source = found[0] + resident, found[1]
     if needed <= available:
+        if training:
+            model.keep_layer_buffers(True)
         return
-    largest = largest_batch(model.graph, available, training, slots, itemsize, fixed)
+    if training and needed - mem.kept <= available:
+        # NOTE: what layers keep by choice (Winograd tiles) only saves time: go without.
+        model.keep_layer_buffers(False)
+        return
+    if training:
+        needed -= mem.kept
+    largest = largest_batch(model.graph, available, training, slots, itemsize, fixed, kept=False)
     what = "training" if training else "inference"
     if largest >= 1:
         fix = (

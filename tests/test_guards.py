@@ -130,6 +130,34 @@ def test_parse_size_refuses_nonsense(text: str) -> None:
         parse_size(text)
 
 
+def test_tight_memory_trains_without_the_kept_winograd_tiles() -> None:
+    """A batch that fits only without the tiles convs keep for backward trains without them,
+    to the same weights; with room to spare the tiles are kept."""
+    from cnndsl.passes.memory import estimate_memory
+
+    text = (
+        "network n() {\n input x: [8, 8, 32]\n"
+        " return x -> conv(32, 3, padding=same, activation=relu) -> flatten -> dense(3)\n}"
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 8, 8, 32), dtype=np.float32), rng.integers(0, 3, 16)
+    net = cnndsl.compile(text)
+    mem = estimate_memory(net.graph, 16, 1)
+    assert mem.kept == 36 * 2 * 2 * 32 * 16 * 4  # the conv runs forward and dW as Winograd
+    weights = []
+    for spare in (1 << 20, -mem.kept // 2):  # room to spare; then too little for the tiles
+        model = net.build(seed=0)
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+        fixed = 2 * max(s.size for s in model.specs.values()) * 4
+        model.max_memory = mem.training_peak + fixed + spare
+        model.fit(x, y, epochs=1, batch_size=16, shuffle=False)
+        held = model.layer_buffer_bytes()
+        assert held == (mem.kept if spare > 0 else 0)
+        weights.append({k: v.copy() for k, v in model.params.items()})
+    for k in weights[0]:
+        np.testing.assert_array_equal(weights[0][k], weights[1][k])
+
+
 def test_fit_and_predict_refuse_a_plan_larger_than_max_memory() -> None:
     x, y = toy()
     model = build()

@@ -309,7 +309,9 @@ class Context:
     generator (numpy.random.Generator or cupy's). needs_input_grad: per
     input, whether backward must compute it (False for the network's
     image input, saving the first layer's input gradient). overrides: backend
-    kernels that replace a generic one, keyed by name. workers: how kernels
+    kernels that replace a generic one, keyed by name. cache: the layer's
+    own dict for buffers it keeps between calls (None: keep nothing; the
+    memory guard turns it off where memory is tight). workers: how kernels
     spread chunked work and keep scratch buffers (None: serially, shared
     scratch; see `cnndsl.ops.workers`).
     """

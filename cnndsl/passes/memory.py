@@ -60,6 +60,7 @@ class Memory:
     training: int
     workspace: int = 0  # the largest layer's kernel scratch (see the module docstring)
     training_peak: int = 0  # the executor's training plan, workspace included
+    kept: int = 0  # the part of training_peak that layers keep by choice (kept_for_training)
 
     def as_dict(self) -> dict[str, int]:
         """The figures as a JSON-ready dict (compile --format json)."""
@@ -149,6 +150,7 @@ def estimate_memory(
         + transform
         + partials
         + kept,
+        kept=kept,
     )
 
 
@@ -159,12 +161,20 @@ def largest_batch(
     optimizer_slots: int = 1,
     itemsize: int = BYTES,
     fixed: int = 0,
+    kept: bool = True,
 ) -> int:
-    """The largest batch whose estimate plus `fixed` bytes fits `budget` (0: not even one)."""
+    """The largest batch whose estimate plus `fixed` bytes fits `budget` (0: not even one).
+
+    kept=False: without what layers keep by choice (`Memory.kept`).
+    """
 
     def fits(b: int) -> bool:
         m = estimate_memory(g, b, optimizer_slots, itemsize)
-        need = m.training_peak if training else m.inference_peak + m.workspace
+        need = (
+            m.training_peak - (0 if kept else m.kept)
+            if training
+            else m.inference_peak + m.workspace
+        )
         return need + fixed <= budget
 
     if not fits(1):
