@@ -180,24 +180,15 @@ class Adam(Optimizer):
             "epsilon": self.epsilon,
         }
 
-    def step(
-        self,
-        xp: Any,
-        params: Mapping[str, Array],
-        grads: Mapping[str, Array],
-        workers: Workers = SERIAL,
-    ) -> None:
-        t = self.iterations + 1
-        self._alpha = self.current_lr() * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
-        super().step(xp, params, grads, workers)
-
     def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
         m, v = state["m"], state["v"]
+        t = self.iterations + 1  # counted after the step's updates
+        alpha = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         m *= self.beta_1
         m += (1 - self.beta_1) * g
         v *= self.beta_2
         v += (1 - self.beta_2) * (g * g)
-        w -= self._alpha * m / (xp.sqrt(v) + self.epsilon)
+        w -= alpha * m / (xp.sqrt(v) + self.epsilon)
 
 
 class RMSprop(Optimizer):
