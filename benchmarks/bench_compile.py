@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cnndsl
-from cnndsl.lower import lower
+from cnndsl.runtime.lower import lower
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.2  # seconds, ResNet-152 from text to a lowered plan

@@ -59,8 +59,8 @@ def cnndsl_times(net: str, steps: int, standin: bool = False) -> dict[str, Any]:
     import numpy as np
 
     import cnndsl
-    from cnndsl.backends.cupy_backend import CupyBackend
-    from cnndsl.model import Model
+    from cnndsl.runtime.backends.cupy_backend import CupyBackend
+    from cnndsl.training.model import Model
 
     spec, shape, _ = NETS[net]
     backend = CupyBackend(xp=np) if standin else CupyBackend()

@@ -118,9 +118,9 @@ def cnndsl_worker(net: str, steps: int, profile: bool) -> dict[str, Any]:
     import numpy as np
 
     import cnndsl
-    from cnndsl.model import Model
     from cnndsl.ops import OPS
     from cnndsl.passes.fold import fold_inference, fold_weights
+    from cnndsl.training.model import Model
 
     spec = NETS[net]
     network = cnndsl.compile(spec["spec"], **spec["params"])

@@ -8,30 +8,15 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from cnndsl.network import Network, compile, compile_block, load
+from cnndsl.compiler import Network, compile, compile_block, load
+from cnndsl.formats.data import DataError
+from cnndsl.runtime.executor import ModelError
 from cnndsl.source import CnnError, Diagnostic, Span
+from cnndsl.training.checkpoint import TrainingInterrupted
+from cnndsl.training.guards import NonFiniteLoss, OutOfMemoryPlan
+from cnndsl.training.model import Model
 
 __version__ = "0.1.0"
-
-# Training-side names load on first use, so compiling a spec never imports the executor.
-_LAZY = {
-    "Model": "cnndsl.model",
-    "ModelError": "cnndsl.model",
-    "DataError": "cnndsl.data",
-    "OutOfMemoryPlan": "cnndsl.guards",
-    "NonFiniteLoss": "cnndsl.guards",
-    "TrainingInterrupted": "cnndsl.checkpoint",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cnndsl' has no attribute {name!r}")
-
 
 __all__ = [
     "CnnError",

@@ -1,7 +1,7 @@
 """The graph IR: one node per layer, wrapping a networkx DiGraph.
 
 Elaboration builds it; passes (cnndsl.passes) return annotated copies;
-lowering (cnndsl.lower) turns it into an executor plan. Node ids are layer
+lowering (cnndsl.runtime.lower) turns it into an executor plan. Node ids are layer
 paths (`stage2/residual_unit_1/conv_2`). Each node holds one frozen `Layer`
 under the attribute "layer"; argument order lives in `Layer.inputs` (edges
 are for traversal only, so `concat(x, x)` and `x + x` keep both operands).
@@ -15,7 +15,8 @@ from typing import Any
 
 import networkx as nx
 
-from cnndsl.ops.registry import OPS, Attrs, Shape, WeightSpec, Window
+from cnndsl.ops.registry import OPS, Attrs, Shape, WeightSpec
+from cnndsl.ops.window import Window
 from cnndsl.source import Span
 
 

@@ -3,7 +3,7 @@
 Every input must end in a compiled network or a CnnError with located
 diagnostics; anything else (a traceback, a hang caught by -timeout, runaway
 memory caught by -rss_limit_mb) is a finding. Crashing inputs go to
-tests/fuzz_regressions/ so the test suite replays them forever.
+tests/frontend/fuzz_regressions/ so the test suite replays them forever.
 
     pip install atheris
     python fuzz/fuzz_compile.py fuzz/corpus -max_total_time=3600 -timeout=60 -rss_limit_mb=2048

@@ -7,7 +7,7 @@
 #    from wheels carried in .whl/ into /tmp/site (no network there).
 # 2. Runs the CuPy backend's tests against NumPy: every test whose id says
 #    cupy (the `xp`/`cupy` fixtures of tests/conftest.py, the fused kernels
-#    of tests/test_cupy_kernels.py), with a real device this time.
+#    of tests/runtime/test_cupy_kernels.py), with a real device this time.
 # 3. Times training steps of ResNet-34 (224×224, batch 64) and of the
 #    Fashion-MNIST CNN on the cupy backend against PyTorch on the same GPU
 #    (benchmarks/bench_gpu.py; the PyTorch part only where torch has CUDA),
@@ -73,7 +73,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - <<'EOF' || exit 1
 import cupy, numpy, lark, networkx
 import cnndsl
-from cnndsl.backends import get_backend
+from cnndsl.runtime.backends import get_backend
 b = get_backend("cupy")
 print("cupy", cupy.__version__, "numpy", numpy.__version__, "lark", lark.__version__,
       "device", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), b)
@@ -81,8 +81,8 @@ EOF
 
 echo "== tests: the cupy backend against numpy"
 timeout 200 "$PY" -m pytest -q -p no:cacheprovider -k "cupy or gpu" \
-    tests/test_ops_definition.py tests/test_backends.py tests/test_cupy_kernels.py \
-    tests/test_model.py tests/test_lower.py 2>&1 | tee "$LOG/gpu_tests.log"
+    tests/ops/test_ops_definition.py tests/runtime/test_backends.py tests/runtime/test_cupy_kernels.py \
+    tests/training/test_model.py tests/runtime/test_lower.py 2>&1 | tee "$LOG/gpu_tests.log"
 test_status=${PIPESTATUS[0]}
 [ "$test_status" -eq 0 ] || status=$test_status
 

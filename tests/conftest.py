@@ -40,7 +40,8 @@ def test_sized_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     smaller, and would run as one chunk on one lane. CLI tests run the
     defaults in their own processes, as does test_kernels' test of them.
     """
-    from cnndsl.ops import winograd, workers
+    from cnndsl.ops import winograd
+    from cnndsl.runtime import workers
 
     monkeypatch.setattr(workers, "MIN_CHUNK_BYTES", 0)
     monkeypatch.setattr(winograd, "TRANSFORM_BLOCK_BYTES", 1)

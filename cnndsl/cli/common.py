@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from cnndsl.network import Network, compile, compile_block
-from cnndsl.parse import resource_path
+from cnndsl.compiler import Network, compile, compile_block
+from cnndsl.frontend.grammar import resource_path
 from cnndsl.source import CnnError
 
 DEFAULT_SPEC = "digits.cnn"

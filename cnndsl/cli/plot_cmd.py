@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cnndsl.cli.common import add_spec_arguments, compile_from_args, report
-from cnndsl.network import Network
+from cnndsl.compiler import Network
 from cnndsl.source import CnnError
 
 
@@ -143,8 +143,8 @@ def _picture_path(out: str) -> str:
 
 
 def _model(net: Network, args: argparse.Namespace) -> Any:
-    from cnndsl.model import ModelError
     from cnndsl.plot.errors import PlotError
+    from cnndsl.training.model import ModelError
 
     model = net.build(seed=args.seed)
     if args.load:

@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from cnndsl.backends import BackendError
-from cnndsl.checkpoint import CheckpointWarning, TrainingInterrupted
 from cnndsl.cli.common import add_spec_arguments, load_network
-from cnndsl.data import DataError, class_names, load_data, load_images
-from cnndsl.guards import parse_size
-from cnndsl.losses import LossError
-from cnndsl.model import Callback, ModelError
-from cnndsl.optimizers import OptimizerError, get_optimizer
+from cnndsl.formats.data import DataError, class_names, load_data, load_images
+from cnndsl.runtime.backends import BackendError
+from cnndsl.training.checkpoint import CheckpointWarning, TrainingInterrupted
+from cnndsl.training.guards import parse_size
+from cnndsl.training.history import Callback
+from cnndsl.training.losses import LossError
+from cnndsl.training.model import ModelError
+from cnndsl.training.optimizers import OptimizerError, get_optimizer
 
 # Errors the user can fix: reported as `error: ...` with exit code 1, never a traceback.
 USER_ERRORS = (BackendError, DataError, LossError, ModelError, OptimizerError)

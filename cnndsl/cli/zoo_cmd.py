@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnndsl.network import compile, load
-from cnndsl.parse import resource_path
+from cnndsl.compiler import compile, load
+from cnndsl.frontend.grammar import resource_path
 from cnndsl.source import CnnError
 from cnndsl.summary import human
 

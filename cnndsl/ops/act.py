@@ -12,22 +12,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cnndsl.ops.attrs import Float, Int
+from cnndsl.ops.errors import ShapeError
 from cnndsl.ops.registry import (
     ACTIVATIONS,
     Array,
     Attrs,
     Backward,
     Context,
-    Float,
     Forward,
-    Int,
     Op,
     Shape,
-    ShapeError,
     Weights,
     register,
 )
-from cnndsl.ops.workers import elementwise
+from cnndsl.runtime.workers import elementwise
 
 _PLAIN = Context()  # fused activations need no training flag, rng or overrides
 _DEFAULTS: dict[str, Attrs] = {}

@@ -22,47 +22,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnndsl.ops.act import activate, activate_backward
+from cnndsl.ops.attrs import REQUIRED, Bool, Int, Padding, Pair
 from cnndsl.ops.conv_kernels import (
-    Geometry,
     conv2d_backward,
     conv2d_forward,
     forward_method,
-    geometry_of,
-    grouped_conv2d,
-    grouped_conv2d_backward,
     input_grad_method,
     kept_tiles_size,
     kernel_grad_method,
     kernel_grad_partials,
 )
 from cnndsl.ops.depthwise_kernels import depthwise2d_backward, depthwise2d_forward
+from cnndsl.ops.errors import AttrError, ShapeError
+from cnndsl.ops.grouped_kernels import grouped_conv2d, grouped_conv2d_backward
 from cnndsl.ops.registry import (
-    REQUIRED,
     Activation,
     Array,
-    AttrError,
     Attrs,
     Backward,
-    Bool,
     Context,
     Forward,
-    Int,
     Op,
-    Padding,
-    Pair,
     Shape,
-    ShapeError,
     Weights,
     WeightSpec,
-    Window,
-    effective,
-    pads,
     register,
-    spatial,
-    window_out,
 )
+from cnndsl.ops.window import Geometry, Window, effective, geometry_of, pads, spatial, window_out
 from cnndsl.ops.winograd import SPAN
-from cnndsl.ops.workers import workers_of
+from cnndsl.runtime.workers import workers_of
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 

@@ -25,21 +25,19 @@ conv2d (groups = 1) works through chunks of whole samples (`Workers`):
                 slice onto the (padded) input: any stride and dilation.
   The first layer of a network computes no input gradient at all.
 
-Grouped convolutions (groups > 1) take the plain whole-batch path.
+Grouped convolutions (groups > 1) take the plain whole-batch path
+(`grouped_kernels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cnndsl.ops import winograd
 from cnndsl.ops.registry import Array
-from cnndsl.ops.workers import Workers
+from cnndsl.ops.window import NOPAD, Geometry, Pads, im2col_view, tap, unpad2d
+from cnndsl.runtime.workers import Workers
 
-Pads = tuple[tuple[int, int], tuple[int, int]]
-NOPAD: Pads = ((0, 0), (0, 0))
 WINOGRAD_MIN_CHANNELS = 32  # fewer: the per-tile GEMMs are too thin to pay for the transforms
 WINOGRAD_MIN_GRAD_TILES = 4  # per sample, for dW: with fewer the transforms outweigh the GEMMs
 WINOGRAD_MAX_GRAD_PAIRS = 256 * 256  # c·f, for dW: the per-point sums' scratch stays small
@@ -48,117 +46,6 @@ GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partial
 WINOGRAD_CHUNK_TILES = 128  # fewest tiles per Winograd chunk: the rows of its 36 GEMMs
 PARTIALS_BYTES = 64 << 20  # the kernel gradient's partial sums, where more than MIN_PARTIALS
 MIN_PARTIALS = 8  # partials a layer may keep whatever their size (lanes stay busy)
-
-
-# ---- window geometry on arrays ----
-
-
-def pad2d(xp: Any, x: Array, p: Pads, value: float = 0.0) -> Array:
-    """Pad the two spatial axes of an (N, h, w, c) batch; a contiguous array either way."""
-    if p == NOPAD:
-        return xp.ascontiguousarray(x)
-    return xp.pad(x, ((0, 0), p[0], p[1], (0, 0)), mode="constant", constant_values=value)
-
-
-def tap(
-    x: Array,
-    u: int,
-    v: int,
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    out: tuple[int, int],
-) -> Array:
-    """The (N, oh, ow, c) view of padded x that kernel offset (u, v) meets at every output."""
-    i, j = u * dilation[0], v * dilation[1]
-    return x[:, i : i + stride[0] * (out[0] - 1) + 1 : stride[0],
-             j : j + stride[1] * (out[1] - 1) + 1 : stride[1]]  # fmt: skip
-
-
-def unpad2d(x: Array, p: Pads) -> Array:
-    """Crop the padding that pad2d added."""
-    (t, b), (l, r) = p
-    return x[:, t : x.shape[1] - b, l : x.shape[2] - r]
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The window arithmetic of one convolution on (h, w, c) samples."""
-
-    size: tuple[int, int]
-    channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pads: Pads
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        (t, b), (l, r) = self.pads
-        return self.size[0] + t + b, self.size[1] + l + r
-
-    @property
-    def effective(self) -> tuple[int, int]:
-        return (
-            self.dilation[0] * (self.kernel[0] - 1) + 1,
-            self.dilation[1] * (self.kernel[1] - 1) + 1,
-        )
-
-    @property
-    def out(self) -> tuple[int, int]:
-        (hp, wp), (eh, ew) = self.padded, self.effective
-        return (hp - eh) // self.stride[0] + 1, (wp - ew) // self.stride[1] + 1
-
-    @property
-    def pointwise(self) -> bool:
-        """A 1×1 kernel without padding: a matmul over the pixels it visits."""
-        return self.kernel == (1, 1) and self.pads == NOPAD
-
-    @property
-    def columns(self) -> int:
-        """Length of one im2col row: fh·fw·c."""
-        return self.kernel[0] * self.kernel[1] * self.channels
-
-    def transposed(self, filters: int) -> Geometry | None:
-        """The stride-1 correlation that maps dz back to dx, or None where there is none."""
-        if self.stride != (1, 1):
-            return None
-        eh, ew = self.effective
-        (t, b), (l, r) = self.pads
-        pads = ((eh - 1 - t, eh - 1 - b), (ew - 1 - l, ew - 1 - r))
-        if min(pads[0] + pads[1]) < 0:
-            return None
-        geo = Geometry(self.out, filters, self.kernel, (1, 1), self.dilation, pads)
-        return geo if geo.out == self.size else None
-
-
-def geometry_of(
-    x_shape: Sequence[int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    pads: Pads,
-) -> Geometry:
-    """Geometry for samples of shape (h, w, c) (a batch shape's last three axes)."""
-    h, w, c = x_shape[-3:]
-    return Geometry((h, w), c, kernel, stride, dilation, pads)
-
-
-def im2col_view(xp: Any, xpad: Array, geo: Geometry) -> Array:
-    """Strided view (N, oh, ow, fh, fw, c) of padded x: patch (i, j) of every output."""
-    n, _, _, c = xpad.shape
-    sn, sh, sw, sc = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad,
-        shape=(n, *geo.out, *geo.kernel, c),
-        strides=(
-            sn,
-            sh * geo.stride[0],
-            sw * geo.stride[1],
-            sh * geo.dilation[0],
-            sw * geo.dilation[1],
-            sc,
-        ),
-    )
 
 
 def winograd_fits(geo: Geometry, filters: int) -> bool:
@@ -582,56 +469,3 @@ def _col2im_chunk(
             tap(target, u, v, geo.stride, geo.dilation, geo.out)[...] += d6[:, :, :, u, v]
     if geo.pads != NOPAD:
         dx[n0:n1] = unpad2d(target, geo.pads)
-
-
-# ---- grouped conv2d: whole-batch im2col, one GEMM per group ----
-
-
-def grouped_conv2d(
-    xp: Any, x: Array, kernel: Array, geo: Geometry, groups: int, workers: Workers
-) -> tuple[Array, Array]:
-    """(z, padded x) of a grouped conv: one im2col view, one GEMM per group (over the lanes)."""
-    fh, fw, cin_g, f = kernel.shape
-    n = x.shape[0]
-    xpad = pad2d(xp, x, geo.pads)
-    view = im2col_view(xp, xpad, geo)
-    f_g = f // groups
-    zs = []
-    for g in range(groups):
-        cols = view[..., g * cin_g : (g + 1) * cin_g].reshape(-1, fh * fw * cin_g)
-        kernel_g = kernel[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
-        zs.append(workers.matmul(xp, cols, kernel_g))
-    return xp.concatenate(zs, axis=1).reshape(n, *geo.out, f), xpad
-
-
-def grouped_conv2d_backward(
-    xp: Any,
-    xpad: Array,
-    dz: Array,
-    kernel: Array,
-    geo: Geometry,
-    groups: int,
-    want_dx: bool,
-    workers: Workers,
-) -> tuple[Array | None, Array]:
-    """(dx or None, dkernel) of grouped_conv2d: dW = colsᵀ·dz, dcols = dz·Wᵀ, col2im."""
-    fh, fw, cin_g, f = kernel.shape
-    view = im2col_view(xp, xpad, geo)
-    f_g = f // groups
-    dks, dcols = [], []
-    for g in range(groups):
-        cols = view[..., g * cin_g : (g + 1) * cin_g].reshape(-1, fh * fw * cin_g)
-        dz_g = dz[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
-        dks.append(workers.matmul(xp, cols.T, dz_g).reshape(fh, fw, cin_g, f_g))
-        if want_dx:
-            w_g = kernel[..., g * f_g : (g + 1) * f_g].reshape(-1, f_g)
-            dcols.append(workers.matmul(xp, dz_g, w_g.T).reshape(*view.shape[:5], cin_g))
-    dk = xp.concatenate(dks, axis=3)
-    if not want_dx:
-        return None, dk
-    dcol = xp.concatenate(dcols, axis=5)
-    dxpad = xp.zeros(xpad.shape, dtype=dcol.dtype)
-    for u in range(fh):
-        for v in range(fw):
-            tap(dxpad, u, v, geo.stride, geo.dilation, geo.out)[...] += dcol[:, :, :, u, v]
-    return unpad2d(dxpad, geo.pads), dk

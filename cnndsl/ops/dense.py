@@ -5,26 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from cnndsl.ops.act import activate, activate_backward
+from cnndsl.ops.attrs import REQUIRED, Bool, Int
+from cnndsl.ops.errors import ShapeError
 from cnndsl.ops.registry import (
-    REQUIRED,
-    WHOLE,
     Activation,
     Array,
     Attrs,
     Backward,
-    Bool,
     Context,
     Forward,
-    Int,
     Op,
     Shape,
-    ShapeError,
     Weights,
     WeightSpec,
-    Window,
     register,
 )
-from cnndsl.ops.workers import workers_of
+from cnndsl.ops.window import WHOLE, Window
+from cnndsl.runtime.workers import workers_of
 
 
 @register

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cnndsl.ops.conv_kernels import NOPAD, Geometry, padded_chunk, tap, unpad2d
+from cnndsl.ops.conv_kernels import padded_chunk
 from cnndsl.ops.registry import Array
-from cnndsl.ops.workers import Workers
+from cnndsl.ops.window import NOPAD, Geometry, tap, unpad2d
+from cnndsl.runtime.workers import Workers
 
 
 def depthwise2d_forward(xp: Any, x: Array, kernel: Array, geo: Geometry, workers: Workers) -> Array:

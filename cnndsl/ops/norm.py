@@ -8,24 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cnndsl.ops.attrs import REQUIRED, Bool, Float, Int
+from cnndsl.ops.errors import ShapeError
 from cnndsl.ops.registry import (
-    REQUIRED,
     Array,
     Attrs,
     Backward,
-    Bool,
     Context,
-    Float,
     Forward,
-    Int,
     Op,
     Shape,
-    ShapeError,
     Weights,
     WeightSpec,
     register,
 )
-from cnndsl.ops.workers import Workers, workers_of
+from cnndsl.runtime.workers import Workers, workers_of
 
 
 def _not_scalar(op: str, x: Shape) -> Shape:
@@ -44,7 +41,7 @@ class BatchNorm(Op):
     biased variance included). Inference: the moving statistics.
     Attrs: momentum=0.99, epsilon=0.001, center=true (beta), scale=true (gamma).
     Lowering may add activation=relu|relu6 when that activation is the only
-    reader (`cnndsl.lower`): the kernel then applies it while the data is hot.
+    reader (`cnndsl.runtime.lower`): the kernel then applies it while the data is hot.
     The three elementwise passes (affine, gradient sums, dx) are the generic
     chunked kernels below unless ctx.overrides holds a backend's version under
     "batchnorm_affine", "batchnorm_dz_sums" or "batchnorm_dx" (same signature).

@@ -15,27 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnndsl.ops.attrs import REQUIRED, Padding, Pair
 from cnndsl.ops.conv import batch_geometry, fmt_pair, geometry
-from cnndsl.ops.conv_kernels import NOPAD, geometry_of, pad2d, padded_chunk, tap, unpad2d
+from cnndsl.ops.conv_kernels import padded_chunk
+from cnndsl.ops.errors import AttrError
 from cnndsl.ops.registry import (
-    REQUIRED,
-    WHOLE,
     Array,
-    AttrError,
     Attrs,
     Backward,
     Context,
     Forward,
     Op,
-    Padding,
-    Pair,
     Shape,
     Weights,
-    Window,
     register,
-    spatial,
 )
-from cnndsl.ops.workers import workers_of
+from cnndsl.ops.window import NOPAD, WHOLE, Window, geometry_of, pad2d, spatial, tap, unpad2d
+from cnndsl.runtime.workers import workers_of
 
 NODIL = (1, 1)
 

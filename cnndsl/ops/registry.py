@@ -19,191 +19,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from cnndsl.ops.attrs import REQUIRED, AttrType, Choice, near
+from cnndsl.ops.errors import AttrError
+from cnndsl.ops.window import (
+    POINTWISE,
+    Window,
+)
+
 Shape = tuple[int, ...]
 Array = Any  # numpy.ndarray or cupy.ndarray
 Weights = dict[str, Array]  # a layer's weight arrays by name
 Forward = tuple[Array, Any]  # (output, what backward needs)
 Backward = tuple[list[Array | None], dict[str, Array]]  # (input grads, weight grads)
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-class AttrError(Exception):
-    """A bad argument to an op: raised by `Op.bind`, reported with the call's span."""
-
-    def __init__(self, message: str, attr: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.attr = attr
-
-
-class ShapeError(Exception):
-    """An input shape the op cannot take; `working` shows the arithmetic that failed."""
-
-    def __init__(self, message: str, working: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.working = working
-
-
-# ---- Attribute types: convert a spec value to its normal form, or refuse it ----
-
-
-class AttrType:
-    """Converts and checks one attribute value; `describe` names what it accepts."""
-
-    describe = "a value"
-
-    def convert(self, name: str, value: Any) -> Any:
-        return value
-
-    def fail(self, name: str, value: Any) -> AttrError:
-        return AttrError(f"argument '{name}' must be {self.describe}, not {show(value)}", name)
-
-
-def show(value: Any) -> str:
-    """A value as the spec would write it, for messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(show(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-    return repr(value)
-
-
-@dataclass(frozen=True)
-class Int(AttrType):
-    """A whole number at least `min`."""
-
-    min: int | None = None
-
-    @property
-    def describe(self) -> str:  # type: ignore[override]
-        return "a whole number" + (f" >= {self.min}" if self.min is not None else "")
-
-    def convert(self, name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise self.fail(name, value)
-        if self.min is not None and value < self.min:
-            raise self.fail(name, value)
-        return int(value)
-
-
-@dataclass(frozen=True)
-class Float(AttrType):
-    """A real number in [min, max]."""
-
-    min: float | None = None
-    max: float | None = None
-    max_open: bool = False
-
-    @property
-    def describe(self) -> str:  # type: ignore[override]
-        lo = "" if self.min is None else f" >= {self.min}"
-        hi = "" if self.max is None else f" {'<' if self.max_open else '<='} {self.max}"
-        return "a number" + (lo + (" and" if lo and hi else "") + hi)
-
-    def convert(self, name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(name, value)
-        value = float(value)
-        if not math.isfinite(value):
-            raise self.fail(name, value)
-        if self.min is not None and value < self.min:
-            raise self.fail(name, value)
-        if self.max is not None and (value >= self.max if self.max_open else value > self.max):
-            raise self.fail(name, value)
-        return value
-
-
-@dataclass(frozen=True)
-class Bool(AttrType):
-    """true or false."""
-
-    describe = "true or false"
-
-    def convert(self, name: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(name, value)
-        return value
-
-
-@dataclass(frozen=True)
-class Pair(AttrType):
-    """An int n (meaning (n, n)) or a pair (h, w) of ints >= min."""
-
-    min: int = 1
-
-    @property
-    def describe(self) -> str:  # type: ignore[override]
-        return f"a whole number >= {self.min} or a pair (h, w) of them"
-
-    def convert(self, name: str, value: Any) -> tuple[int, int]:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = (value, value)
-        if (
-            not isinstance(value, (tuple, list))
-            or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < self.min for v in value)
-        ):
-            raise self.fail(name, value)
-        return (int(value[0]), int(value[1]))
-
-
-@dataclass(frozen=True)
-class Padding(AttrType):
-    """`same`, `valid`, or explicit zero padding per side: n or (h, w)."""
-
-    describe = "same, valid, a whole number >= 0 or a pair (h, w) of them"
-
-    def convert(self, name: str, value: Any) -> str | tuple[int, int]:
-        if isinstance(value, str):
-            if value in ("same", "valid"):
-                return value
-            raise AttrError(
-                f"argument '{name}' must be {self.describe}, not {value}"
-                + near(["same", "valid"], value),
-                name,
-            )
-        return Pair(min=0).convert(name, value)
-
-
-@dataclass(frozen=True)
-class Choice(AttrType):
-    """One of a fixed set of names."""
-
-    options: tuple[str, ...] = ()
-
-    @property
-    def describe(self) -> str:  # type: ignore[override]
-        return "one of " + ", ".join(self.options)
-
-    def convert(self, name: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in self.options:
-            text = self.fail(name, value).message
-            if isinstance(value, str):
-                text += near(self.options, value)
-            raise AttrError(text, name)
-        return value
-
-
-def near(options: Sequence[str], value: str) -> str:
-    """'; did you mean X?' for a close option, else ''."""
-    import difflib
-
-    close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class Activation(Choice):
@@ -225,11 +52,6 @@ class Activation(Choice):
                 text += near(list(ACTIVATIONS), value)
             raise AttrError(text, name)
         return value
-
-
-@dataclass(frozen=True)
-class Anything(AttrType):
-    """Any value (used by `input` for its declared shape)."""
 
 
 # ---- Bound attributes, weights, kernel context ----
@@ -285,22 +107,6 @@ class WeightSpec:
         return math.prod(self.shape)
 
 
-@dataclass(frozen=True)
-class Window:
-    """A layer's receptive-field step per axis: effective kernel extent and stride.
-
-    `whole=True` means every output sees the whole input (global pools, dense).
-    """
-
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    whole: bool = False
-
-
-POINTWISE = Window()
-WHOLE = Window(whole=True)
-
-
 @dataclass
 class Context:
     """What a kernel call may need besides its inputs.
@@ -313,7 +119,7 @@ class Context:
     own dict for buffers it keeps between calls (None: keep nothing; the
     memory guard turns it off where memory is tight). workers: how kernels
     spread chunked work and keep scratch buffers (None: serially, shared
-    scratch; see `cnndsl.ops.workers`).
+    scratch; see `cnndsl.runtime.workers`).
     """
 
     training: bool = False
@@ -474,49 +280,3 @@ def register(cls: type[Op]) -> type[Op]:
     if cls.is_activation:
         ACTIVATIONS[cls.name] = op
     return cls
-
-
-def same_padding(n: int, f: int, s: int) -> tuple[int, int]:
-    """TensorFlow/Keras `same`: out = ceil(n/s); the extra pixel goes bottom/right."""
-    out = -(-n // s)
-    total = max((out - 1) * s + f - n, 0)
-    return total // 2, total - total // 2
-
-
-def pads(
-    padding: str | tuple[int, int], size: Shape, kernel: tuple[int, int], stride: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((top, bottom), (left, right)) zero padding for a window op."""
-    if padding == "same":
-        return (
-            same_padding(size[0], kernel[0], stride[0]),
-            same_padding(size[1], kernel[1], stride[1]),
-        )
-    if padding == "valid":
-        return (0, 0), (0, 0)
-    assert isinstance(padding, tuple)
-    return (padding[0], padding[0]), (padding[1], padding[1])
-
-
-def window_out(n: int, f: int, s: int, pad: tuple[int, int], axis: str) -> int:
-    """out = floor((n - f + p_before + p_after) / s) + 1, or ShapeError with the working."""
-    span = n - f + pad[0] + pad[1]
-    if span < 0:
-        raise ShapeError(
-            f"output {axis} would be {span // s + 1}: the window ({f}) is larger than the"
-            f" padded input ({n + pad[0] + pad[1]})",
-            working=f"({n} - {f} + {pad[0] + pad[1]})/{s} + 1 = {span / s + 1:g}",
-        )
-    return span // s + 1
-
-
-def effective(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
-    """Dilated kernel extent d·(f−1)+1 per axis."""
-    return (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-
-
-def spatial(op: str, x: Shape) -> tuple[int, int, int]:
-    """(h, w, c) of a feature map, or ShapeError for any other rank."""
-    if len(x) != 3:
-        raise ShapeError(f"{op} needs a feature map [height, width, channels], got {list(x)}")
-    return x[0], x[1], x[2]

@@ -10,26 +10,21 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cnndsl.ops.conv_kernels import pad2d, unpad2d
+from cnndsl.ops.attrs import REQUIRED, Anything, AttrType, Int, show
+from cnndsl.ops.errors import ShapeError
 from cnndsl.ops.registry import (
-    REQUIRED,
-    Anything,
     Array,
     Attrs,
-    AttrType,
     Backward,
     Context,
     Forward,
-    Int,
     Op,
     Shape,
-    ShapeError,
     Weights,
     register,
-    show,
-    spatial,
 )
-from cnndsl.ops.workers import elementwise
+from cnndsl.ops.window import pad2d, spatial, unpad2d
+from cnndsl.runtime.workers import elementwise
 
 
 def listing(shapes: tuple[Shape, ...] | list[Shape]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from cnndsl.ops.registry import Array
-from cnndsl.ops.workers import Workers
+from cnndsl.runtime.workers import Workers
 
 # Lavin & Gray's F(4, 3), interpolation points 0, ±1, ±2 and ∞ (as cuDNN and
 # oneDNN use it): y = Aᵀ[(G g) ⊙ (Bᵀ d)] for a 6-value input d and a 3-tap g.

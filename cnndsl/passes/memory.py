@@ -6,11 +6,11 @@ plan) plus weights; `training`, every activation and its gradient, weights,
 their gradients and the optimizer's state (one slot, as SGD with momentum;
 Adam needs two).
 
-What the memory guard plans with (cnndsl/guards.py) adds kernel workspace:
+What the memory guard plans with (cnndsl/training/guards.py) adds kernel workspace:
 `workspace` is the largest per-layer scratch. A conv with a kernel larger
 than 1×1 runs as im2col + GEMM, whose column matrix holds oh·ow·fh·fw·c_in
 values per sample; the kernels walk the batch in chunks with reusable
-scratch buffers (cnndsl/ops/workers.py), so the workspace is the whole
+scratch buffers (cnndsl/runtime/workers.py), so the workspace is the whole
 batch's columns or SCRATCH bytes, whichever is less, but never less than one
 sample's. Grouped convs (groups > 1) still build the whole batch's columns
 at once, so theirs are counted in full. `training_peak` is the executor's

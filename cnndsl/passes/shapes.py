@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from cnndsl.ir import Graph, Layer, map_layers, shapes_of
 from cnndsl.ops import OPS
-from cnndsl.ops.registry import ShapeError
+from cnndsl.ops.errors import ShapeError
 from cnndsl.source import Diagnostic, error
 
 

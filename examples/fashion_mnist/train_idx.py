@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 import cnndsl
-from cnndsl.data import DataError, load_data
-from cnndsl.model import Callback
-from cnndsl.parse import resource_path
+from cnndsl.formats.data import DataError, load_data
+from cnndsl.frontend.grammar import resource_path
+from cnndsl.training.model import Callback
 
 SPEC = resource_path("specs") / "fashion_mnist.cnn"
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import cnndsl
-from cnndsl.data import DataError, load_data
-from cnndsl.model import Callback
+from cnndsl.formats.data import DataError, load_data
+from cnndsl.training.model import Callback
 
 SPEC = Path(__file__).resolve().parent / "flowers.cnn"
 

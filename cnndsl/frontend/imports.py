@@ -1,0 +1,136 @@
+"""Loading: spec files and their imports, parsed once each.
+
+`import "file.cnn"` is read relative to the importing file; `import zoo.NAME`
+reads a spec shipped with the package. Each file's definitions (its own and
+those it imports) are gathered in a `FileScope`; clashes, cycles, missing or
+non-UTF-8 files and non-.cnn imports are CnnErrors at the import's span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnndsl.frontend import syntax as ast
+from cnndsl.frontend.grammar import resource_path
+from cnndsl.frontend.parse import parse
+from cnndsl.ops import OPS
+from cnndsl.source import Span, error, near_names
+
+
+@dataclass
+class FileScope:
+    """A loaded file: its definitions (own and imported), file-level defaults, text."""
+
+    module: ast.Module
+    text: str
+    names: dict[str, tuple[ast.Definition, FileScope]] = field(default_factory=dict)
+
+
+class Loader:
+    """Reads and parses files once each, resolving imports; detects import cycles."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, FileScope] = {}
+        self.sources: dict[str, str] = {}
+        self._loading: list[str] = []
+
+    def load_text(self, text: str, file: str) -> FileScope:
+        """Parse spec text and everything it imports."""
+        self.sources[file] = text
+        module = parse(text, file)
+        scope = FileScope(module, text)
+        self.files[file] = scope
+        self._loading.append(file)
+        try:
+            self._bind_names(scope, file)
+        finally:
+            self._loading.pop()
+        return scope
+
+    def load_file(self, path: Path, span: Span | None = None) -> FileScope:
+        """Read a .cnn file (cached by resolved path)."""
+        key = str(path)
+        if key in self._loading:
+            chain = " -> ".join(
+                Path(p).name for p in [*self._loading[self._loading.index(key) :], key]
+            )
+            raise error("E061", f"import cycle: {chain}", span)
+        if key in self.files:
+            return self.files[key]
+        if path.suffix != ".cnn":
+            raise error("E062", f"can only import .cnn files, not '{path.name}'", span)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise error("E060", f"cannot import '{path}': no such file", span) from None
+        except OSError as exc:
+            raise error("E060", f"cannot read '{path}': {exc.strerror}", span) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error("E063", f"'{path}' is not UTF-8 text (byte {exc.start})", span) from None
+        return self.load_text(text, key)
+
+    def _bind_names(self, scope: FileScope, file: str) -> None:
+        for imp in scope.module.imports:
+            target = self._resolve_import(imp, file)
+            imported = self.load_file(target, imp.span)
+            for name, (definition, owner) in imported.names.items():
+                if owner is not imported:
+                    continue  # imports are not re-exported
+                self._declare(scope, name, definition, owner, imp.span)
+        for definition in scope.module.definitions:
+            self._declare(scope, definition.name, definition, scope, definition.span)
+
+    def _declare(
+        self, scope: FileScope, name: str, definition: ast.Definition, owner: FileScope, span: Span
+    ) -> None:
+        if name in OPS:
+            raise error(
+                "E051",
+                f"'{name}' is an op: a {definition.kind} cannot take its name",
+                definition.span,
+            )
+        if name in scope.names:
+            first, _ = scope.names[name]
+            raise error(
+                "E050",
+                f"'{name}' is defined twice",
+                span,
+                f"note: {first.kind} '{name}' defined at {first.span}",
+                f"note: {definition.kind} '{name}' defined at {definition.span}",
+            )
+        scope.names[name] = (definition, owner)
+
+    def _resolve_import(self, imp: ast.Import, file: str) -> Path:
+        if imp.is_path:
+            if any(ord(c) < 32 for c in imp.target):
+                raise error(
+                    "E060",
+                    f"cannot import {imp.target!r}: control characters in the path",
+                    imp.span,
+                )
+            base = Path(file).parent if not file.startswith("<") else Path.cwd()
+            try:
+                return (base / imp.target).resolve()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise error("E060", f"cannot import '{imp.target}': {exc}", imp.span) from None
+        parts = imp.target.split(".")
+        if parts[0] != "zoo" or len(parts) != 2:
+            raise error(
+                "E064",
+                f"unknown module '{imp.target}': write `import zoo.NAME` for a"
+                ' shipped spec or `import "file.cnn"` for a file',
+                imp.span,
+            )
+        path = resource_path("specs") / f"{parts[1]}.cnn"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in resource_path("specs").glob("*.cnn"))
+            raise error(
+                "E060",
+                f"no shipped spec 'zoo.{parts[1]}'" + near_names(parts[1], shipped),
+                imp.span,
+                "note: shipped: " + ", ".join(shipped),
+            )
+        return path

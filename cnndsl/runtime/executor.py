@@ -1,0 +1,344 @@
+"""Executor: a lowered plan run forward and backward over a backend, with its weights.
+
+Input: an `ir.Graph` with shapes and weight specs (what `cnndsl.compile` gives).
+Output: network outputs, losses and weight gradients as device arrays.
+The executor is one loop over `Plan.steps` calling `OPS[step.op].forward`,
+dropping each value after its last reader (`Plan.frees`); backward walks the
+steps in reverse, summing the gradients of values read by several steps.
+Weights live in `params` ('layer/path:weight' -> device array), allocated
+exactly from each layer's WeightSpecs with Keras' initialisers. Weights update
+in place, so every view of them (the per-layer dicts that the kernels receive,
+batchnorm's moving statistics) stays current. Freezing decides which values
+need gradients at all.
+
+This is the engine under `cnndsl.training.model.Model`, kept apart from the Keras-style
+API (compile, fit, evaluate, predict) so that each reads on its own; the
+guards in cnndsl.training.guards replay its steps to find the layer that went wrong.
+Raises ModelError for inputs of the wrong number or shape, networks with
+several outputs where one is needed, and freeze patterns that match no layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cnndsl.ir import Graph
+from cnndsl.ops import OPS
+from cnndsl.ops.registry import Context, WeightSpec
+from cnndsl.runtime.backends import Backend, get_backend
+from cnndsl.runtime.lower import (
+    Plan,
+    Step,
+    lower,
+    output_activation,
+    strip_output_activation,
+    weight_key,
+)
+from cnndsl.training.losses import Loss
+
+Array = Any
+
+
+class ModelError(Exception):
+    """A misuse of the model with a message for the user (bad data shape, no match, ...)."""
+
+
+# ---- initialisers ----
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """Keras fan_in, fan_out: conv [fh, fw, in, out] -> (fh·fw·in, fh·fw·out), dense [in, out]."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    return math.prod(shape[:-1]), math.prod(shape[:-2]) * shape[-1]
+
+
+def initial_value(spec: WeightSpec, rng: np.random.Generator, dtype: Any) -> np.ndarray:
+    """A host array for one WeightSpec: glorot_uniform, zeros or ones (Keras defaults)."""
+    if spec.init == "zeros":
+        return np.zeros(spec.shape, dtype)
+    if spec.init == "ones":
+        return np.ones(spec.shape, dtype)
+    if spec.init == "glorot_uniform":
+        fan_in, fan_out = fans(spec.shape)
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, spec.shape).astype(dtype)
+    raise ValueError(f"unknown initialiser '{spec.init}'")
+
+
+# ---- the executor ----
+
+
+class Executor:
+    """A plan with its weights on a backend: forward, backward and freezing."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        backend: str | Backend = "numpy",
+        seed: int = 0,
+        dtype: Any = "float32",
+    ) -> None:
+        self.graph = graph
+        self.plan: Plan = lower(graph)
+        self.backend = get_backend(backend, seed=seed)
+        if isinstance(backend, Backend):
+            backend.seed(seed)  # a backend object passed in is reseeded too: determinism
+        self.xp = self.backend.xp
+        self.dtype = np.dtype(dtype)
+        self.seed = seed
+        self.macs = sum(layer.macs for layer in graph)  # per sample, forward
+        self.specs: dict[str, WeightSpec] = {}
+        self.params: dict[str, Array] = {}
+        # Per step, the dict of weights its kernel receives (the same arrays as params).
+        self._weights: list[dict[str, Array]] = []
+        # Per step, buffers its layer keeps between calls (ctx.cache; None while turned off).
+        self._caches: list[dict[str, Any]] = [{} for _ in self.plan.steps]
+        self._layer_buffers = True
+        self.frozen: set[str] = {layer.path for layer in graph if not layer.trainable}
+        self._init_weights(seed)
+        self._train_plans: dict[str, tuple[Plan, bool]] = {}
+        self._refresh()
+
+    # ---- weights ----
+    def _init_weights(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self._weights = []
+        for step in self.plan.steps:
+            layer = self.graph[step.path]
+            mine: dict[str, Array] = {}
+            for name in step.weights:
+                spec = layer.weights[name]
+                key = weight_key(step.path, name)
+                self.specs[key] = spec
+                arr = self.backend.to_device(initial_value(spec, rng, self.dtype))
+                self.params[key] = arr
+                mine[name] = arr
+            self._weights.append(mine)
+
+    def _assign(self, key: str, value: np.ndarray) -> None:
+        """Copy a host value into the existing device array (so every view sees it)."""
+        self.params[key][...] = self.backend.to_device(value, dtype=self.dtype)
+
+    @property
+    def trainable_keys(self) -> list[str]:
+        """Weights the optimizer updates: trainable specs of layers not frozen."""
+        return [k for k, s in self.specs.items() if s.trainable and _path(k) not in self.frozen]
+
+    def count_params(self) -> dict[str, int]:
+        """Total, trainable (given the current freezing) and non-trainable parameter counts."""
+        total = sum(s.size for s in self.specs.values())
+        trainable = sum(self.specs[k].size for k in self.trainable_keys)
+        return {"total": total, "trainable": trainable, "non_trainable": total - trainable}
+
+    def layer_weights(self, path: str) -> dict[str, np.ndarray]:
+        """Host copies of one layer's weights by name."""
+        i = self.plan.index(path)
+        return {n: self.backend.to_host(a).copy() for n, a in self._weights[i].items()}
+
+    # ---- freezing ----
+    def _match(self, pattern: str) -> list[str]:
+        paths = [s.path for s in self.plan.steps]
+        hits = [
+            p
+            for p in paths
+            if fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.rstrip("/") + "/*")
+        ]
+        if not hits:
+            raise ModelError(
+                f"no layer path matches '{pattern}'; paths look like"
+                f" {', '.join(paths[1:4] or paths)}"
+            )
+        return hits
+
+    def freeze(self, pattern: str = "*") -> list[str]:
+        """Freeze the layers whose path matches the glob (or lie under it); returns them.
+
+        Frozen layers get no updates, and a frozen batchnorm runs in inference
+        mode (moving statistics, no updates to them), as in Keras.
+        """
+        hits = self._match(pattern)
+        self.frozen.update(hits)
+        self._refresh()
+        return hits
+
+    def unfreeze(self, pattern: str = "*") -> list[str]:
+        """Make matching layers trainable again; returns them."""
+        hits = self._match(pattern)
+        self.frozen.difference_update(hits)
+        self._refresh()
+        return hits
+
+    def _refresh(self) -> None:
+        """Recompute which values need gradients after a change of freezing."""
+        updatable = set(self.trainable_keys)
+        requires: list[bool] = []
+        for step in self.plan.steps:
+            own = any(k in updatable for k in step.weight_keys)
+            requires.append(own or any(requires[j] for j in step.inputs))
+        self._requires = requires
+        self._updatable = updatable
+
+    def keep_layer_buffers(self, on: bool) -> None:
+        """Let layers keep buffers between calls (Winograd convs: their input tiles), or not.
+
+        Such buffers only save time; the memory guard turns them off (and
+        frees them) where a training batch fits only without them.
+        """
+        self._layer_buffers = on
+        if not on:
+            for cache in self._caches:
+                cache.clear()
+
+    def layer_buffer_bytes(self) -> int:
+        """Bytes of the buffers layers keep between calls now."""
+        return sum(getattr(v, "nbytes", 0) for cache in self._caches for v in cache.values())
+
+    # ---- forward and backward ----
+    def _context(self, step: Step, training: bool) -> Context:
+        if training and step.op == "batchnorm" and step.path in self.frozen:
+            training = False
+        return Context(
+            training=training,
+            rng=self.backend.rng,
+            needs_input_grad=tuple(self._requires[j] for j in step.inputs),
+            overrides=self.backend.overrides,
+            cache=self._caches[step.output] if self._layer_buffers else None,
+            workers=self.backend.workers,
+        )
+
+    def _forward(
+        self, plan: Plan, xs: Sequence[Array], training: bool, keep: bool
+    ) -> tuple[list[Array], list[Any] | None]:
+        """Run the plan; with keep=True also return what each step saved for backward."""
+        values: list[Array] = [None] * len(plan.steps)
+        saved: list[Any] | None = [None] * len(plan.steps) if keep else None
+        if len(xs) != len(plan.inputs):
+            raise ModelError(f"the network takes {len(plan.inputs)} inputs, got {len(xs)}")
+        for x, i in zip(xs, plan.inputs, strict=True):
+            step = plan.steps[i]
+            if step.shape is not None and tuple(x.shape[1:]) != tuple(step.shape):
+                raise ModelError(
+                    f"input '{step.path}' takes samples of shape {list(step.shape)},"
+                    f" got {list(x.shape[1:])}"
+                )
+            values[i] = x
+        xp = self.xp
+        for step in plan.steps:
+            i = step.output
+            if step.op == "input":
+                continue
+            ins = [values[j] for j in step.inputs]
+            try:
+                y, s = OPS[step.op].forward(
+                    xp, step.attrs, ins, self._weights[i], self._context(step, training)
+                )
+            except Exception as e:
+                e.add_note(f"while running {step.where()}")
+                raise
+            values[i] = y
+            if saved is not None:
+                saved[i] = s
+            for v in plan.frees[i]:
+                values[v] = None
+        return [values[o] for o in plan.outputs], saved
+
+    def _backward(
+        self, plan: Plan, saved: list[Any], output_grads: Mapping[int, Array]
+    ) -> dict[str, Array]:
+        """Walk the steps in reverse; returns gradients of the updatable weights."""
+        grads: list[Array] = [None] * len(plan.steps)
+        for o, g in output_grads.items():
+            grads[o] = g
+        weight_grads: dict[str, Array] = {}
+        xp = self.xp
+        for step in reversed(plan.steps):
+            i = step.output
+            dy, grads[i] = grads[i], None
+            if dy is None or not self._requires[i] or step.op == "input":
+                saved[i] = None
+                continue
+            try:
+                dxs, dws = OPS[step.op].backward(
+                    xp, step.attrs, saved[i], dy, self._weights[i], self._context(step, True)
+                )
+            except Exception as e:
+                e.add_note(f"while running backward of {step.where()}")
+                raise
+            saved[i] = None
+            for name, g in dws.items():
+                key = weight_key(step.path, name)
+                if key in self._updatable:
+                    weight_grads[key] = g
+            for j, dx in zip(step.inputs, dxs, strict=True):
+                if dx is None or not self._requires[j]:
+                    continue
+                # NOTE: fan-out: a value read by several steps gets the sum of their grads.
+                grads[j] = dx if grads[j] is None else grads[j] + dx
+        return weight_grads
+
+    def _train_plan(self, loss: Loss) -> tuple[Plan, bool]:
+        """The plan used with `loss`: logits out and fused=True when the loss absorbs the
+        network's final activation (softmax + cross-entropy, sigmoid + binary)."""
+        key = loss.name
+        if key not in self._train_plans:
+            act = output_activation(self.plan)
+            step = self.plan.steps[self.plan.outputs[0]]
+            last_axis = step.op != "softmax" or step.attrs.get("axis", -1) in (
+                -1,
+                len(step.shape or ()) - 1,
+            )
+            if act is not None and act == loss.activation and last_axis:
+                self._train_plans[key] = (strip_output_activation(self.plan), True)
+            else:
+                self._train_plans[key] = (self.plan, False)
+        return self._train_plans[key]
+
+    # ---- one batch ----
+    def _device_batch(self, x: Any) -> Array:
+        return self.backend.to_device(np.asarray(x), dtype=self.dtype)
+
+    def _labels(self, y: Any) -> Array:
+        y = np.asarray(y)
+        if y.dtype.kind == "f":
+            return self.backend.to_device(y, dtype=self.dtype)
+        return self.backend.to_device(y.astype(np.int64))
+
+    def _loss_and_output(
+        self, x: Array, y: Array, loss: Loss, training: bool, keep: bool
+    ) -> tuple[Array, Array, Array, Plan, list[Any] | None]:
+        """(loss, d loss/d plan output, network output probabilities, plan, saved)."""
+        plan, fused = self._train_plan(loss)
+        self._single_output()
+        (out,), saved = self._forward(plan, [x], training, keep)
+        if fused:
+            value, grad, p = loss.from_logits(self.xp, out, y)
+        else:
+            value, grad = loss(self.xp, out, y)
+            p = out
+        return value, grad, p, plan, saved
+
+    def __call__(self, x: Any, training: bool = False) -> np.ndarray:
+        """Network output for one batch, as a host array."""
+        batch = self._device_batch(x)
+        with self.backend.compute_scope(self.macs * len(batch)):
+            (out,), _ = self._forward(self.plan, [batch], training, keep=False)
+        return self.backend.to_host(out)
+
+    def _single_output(self) -> None:
+        if len(self.plan.outputs) != 1:
+            raise ModelError("training and evaluation support networks with one output")
+
+
+def _path(key: str) -> str:
+    return key.rsplit(":", 1)[0]
+
+
+__all__ = ["Executor", "ModelError", "fans", "initial_value"]

@@ -1,0 +1,234 @@
+"""Training: `Model.fit`, the epochs-and-batches loop, checkpointed and interruptible.
+
+Input: a built `Model`, arrays x and y, and fit's settings. Output: a
+`History`, with the model's weights trained in place. Every step's position
+(epoch, batch, sample order, running sums, generator states) lives in a
+`checkpoint.TrainState`, so a run saved between two steps continues bit for
+bit. A NaN or infinite loss raises `guards.NonFiniteLoss` naming the step and
+the layer; Ctrl-C stops between two steps with `checkpoint.TrainingInterrupted`.
+
+`fit` is written once, here, and `cnndsl.training.model.Model` binds it as its method,
+so its parameters, defaults and docs have one place to change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cnndsl.runtime.executor import ModelError
+from cnndsl.training.checkpoint import (
+    Checkpointer,
+    Interrupts,
+    TrainingInterrupted,
+    TrainState,
+    labels_digest,
+)
+from cnndsl.training.guards import NonFiniteLoss
+from cnndsl.training.history import Callback, History
+from cnndsl.training.losses import Loss, Metric, get_metric
+from cnndsl.training.optimizers import Optimizer
+
+if TYPE_CHECKING:
+    from cnndsl.training.model import Model
+
+
+def fit(
+    model: Model,
+    x: Any,
+    y: Any,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    validation_split: float = 0.0,
+    validation_data: tuple[Any, Any] | None = None,
+    shuffle: bool = True,
+    callbacks: Iterable[Callback] = (),
+    loss: str | Loss | None = None,
+    optimizer: str | Mapping[str, Any] | Optimizer | None = None,
+    metrics: Sequence[str] | None = None,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    initial_epoch: int = 0,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    keep: int = 3,
+    resume: bool = False,
+) -> History:
+    """Train for `epochs`; returns History with loss, metrics and val_* per epoch.
+
+    Called as `model.fit(x, y, ...)`. Like Keras, validation_split takes the
+    last fraction of (x, y) before shuffling. `augment(batch, rng)` transforms
+    each training batch on the host.
+    With checkpoint_dir, the run is saved there every `checkpoint_every` steps
+    and at each epoch end (the newest `keep` kept); resume=True continues from
+    the newest good one, ending with the same weights as an uninterrupted run.
+    Ctrl-C stops between two steps (saving a checkpoint) with TrainingInterrupted;
+    a NaN or infinite loss raises NonFiniteLoss; a batch that will not fit in
+    memory (Model.max_memory, else what is free) raises OutOfMemoryPlan.
+    """
+
+    model.compile(loss, optimizer, metrics)
+    model._single_output()
+    epochs = model.epochs if epochs is None else int(epochs)
+    batch_size = model.batch_size if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ModelError(f"batch size must be >= 1, got {batch_size}")
+    n = len(x)
+    if len(y) != n:
+        raise ModelError(f"x has {n} samples but y has {len(y)}")
+    train_idx = np.arange(n)
+    if validation_data is None and validation_split:
+        if not 0 < validation_split < 1:
+            raise ModelError(f"validation_split must be in (0, 1), got {validation_split}")
+        n_val = int(n * validation_split)
+        if n_val == 0 or n_val == n:
+            raise ModelError(
+                f"validation_split {validation_split} of {n} samples leaves an empty set"
+            )
+        val_idx = train_idx[n - n_val :]
+        train_idx = train_idx[: n - n_val]
+        validation_data = (x[val_idx], np.asarray(y)[val_idx])
+    model._check_memory(min(batch_size, len(train_idx)), training=True)
+    y_all = np.asarray(y)
+    state = TrainState(epoch=initial_epoch)
+    saver = None
+    if checkpoint_dir is not None:
+        saver = Checkpointer(checkpoint_dir, checkpoint_every, keep)
+        saver.data = {
+            "samples": len(train_idx),
+            "labels": labels_digest(y_all[train_idx]),
+            "batch_size": batch_size,
+        }
+        state = saver.resume(model, state) if resume else state
+        if not resume:
+            saver.refuse_existing()
+    elif resume:
+        raise ModelError("resume=True needs checkpoint_dir, the folder to resume from")
+    metric_fns = [(name, get_metric(name)) for name in model.metric_names]
+    history = state.history
+    history.params = {
+        **history.params,  # resumed_from, after a resume
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "samples": len(train_idx),
+        "steps": math.ceil(len(train_idx) / batch_size),
+        "loss": model.loss.name,
+        "optimizer": model.optimizer.config,
+        "metrics": list(model.metric_names),
+    }
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        cb.model = model
+    model.stop_training = False
+    for cb in callbacks:
+        cb.on_train_begin(dict(history.params))
+    interrupts = Interrupts()
+    with model.backend.compute_scope(3 * model.macs * batch_size), interrupts.installed():
+        while state.epoch < epochs:
+            epoch = state.epoch
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch, {})
+            start = time.perf_counter()
+            if state.order is None:  # NOTE: a resumed epoch keeps the order it was given
+                state.order = model.rng.permutation(train_idx) if shuffle else train_idx
+            logs = _train_epoch(
+                model,
+                x,
+                y_all,
+                state,
+                batch_size,
+                augment,
+                metric_fns,
+                callbacks,
+                saver,
+                interrupts,
+            )
+            if validation_data is not None:
+                val = model.evaluate(validation_data[0], validation_data[1], batch_size)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            history.append(epoch, logs)
+            state.next_epoch()
+            if saver is not None:
+                saver.save(model, state)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, {**logs, "seconds": time.perf_counter() - start})
+            if interrupts.requested:
+                _interrupted(state, saver.latest if saver else None)
+            if model.stop_training:
+                break
+    for cb in callbacks:
+        cb.on_train_end(history.history)
+    return history
+
+
+def _train_epoch(
+    model: Model,
+    x: Any,
+    y_all: np.ndarray,
+    state: TrainState,
+    batch_size: int,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
+    metric_fns: list[tuple[str, Metric]],
+    callbacks: list[Callback],
+    saver: Checkpointer | None,
+    interrupts: Interrupts,
+) -> dict[str, float]:
+    """The rest of the pass over x[state.order]; returns the epoch's mean loss and metrics."""
+
+    sums, counts, order = state.sums, state.counts, state.order
+    assert order is not None, "fit draws the epoch's order first"
+    steps = math.ceil(len(order) / batch_size)
+    start = time.perf_counter()
+    for lo in range(state.batch * batch_size, len(order), batch_size):
+        b = state.batch
+        idx = order[lo : lo + batch_size]
+        xb = np.asarray(x[idx])
+        if augment is not None:
+            xb = augment(xb, model.rng)
+        yb = y_all[idx]
+        try:
+            value, p = model.train_step(xb, yb)
+        except NonFiniteLoss as e:
+            last = saver.latest if saver else None
+            raise e.at(state.epoch + 1, b + 1, state.step + 1, last) from None
+        state.batch, state.step = b + 1, state.step + 1
+        sums["loss"] += value * len(idx)
+        counts["loss"] += len(idx)
+        ydev = model._labels(yb)
+        for name, fn in metric_fns:
+            s, c = fn(model.xp, p, ydev)
+            sums[name] = sums.get(name, 0.0) + float(s)
+            counts[name] = counts.get(name, 0) + c
+        logs: dict[str, Any] = {k: sums[k] / max(counts[k], 1) for k in sums}
+        logs.update(samples=lo + len(idx), total=len(order), seconds=time.perf_counter() - start)
+        for cb in callbacks:
+            cb.on_batch_end(b, logs)
+        # NOTE: Ctrl-C on an epoch's last batch stops after its validation and save.
+        stop = interrupts.requested and state.batch < steps
+        if saver is not None and (saver.due(state, steps) or stop):
+            saver.save(model, state)
+        if stop:
+            _interrupted(state, saver.latest if saver else None)
+        if model.stop_training:
+            break
+    return {k: sums[k] / max(counts[k], 1) for k in sums}
+
+
+def _interrupted(state: TrainState, checkpoint: str | None) -> None:
+
+    where = f"after step {state.step} (epoch {state.epoch + 1}, batch {state.batch})"
+    if state.batch == 0:
+        where = f"after step {state.step} (the end of epoch {state.epoch})"
+    kept = (
+        f"; checkpoint saved: {checkpoint}; continue with --resume (resume=True)"
+        if checkpoint
+        else "; nothing saved (pass --checkpoint DIR to keep the work)"
+    )
+    raise TrainingInterrupted(f"interrupted {where}{kept}", checkpoint)
+
+
+__all__ = ["Callback", "History", "fit"]

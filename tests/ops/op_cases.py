@@ -1,0 +1,253 @@
+"""Small cases for every registered op, shared by the op test suites.
+
+`CASES[op]` lists (arguments, input shapes) pairs chosen to reach each code
+path: `same` padding with the extra pixel bottom/right, strides with and
+without dilation, groups, 1×1 convs, fused activations, training and
+inference. Shapes are tiny (batch 2, about 5×5, 2–4 channels) so that
+finite differences and direct loops stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cnndsl.ops import OPS
+from cnndsl.ops.registry import Attrs, Context
+
+Shape = tuple[int, ...]
+BATCH = 2
+SEED = 1234  # dropout masks: every context built here draws the same mask
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op call: positional and keyword arguments, input shapes (no batch axis)."""
+
+    op: str
+    inputs: tuple[Shape, ...]
+    args: tuple[Any, ...] = ()
+    kw: dict[str, Any] = field(default_factory=dict)
+    training: bool = False
+    scale: float = 1.0  # spread of the random inputs
+    distinct: bool = False  # inputs far apart (max pools: no ties, stable argmax)
+    batch: int = BATCH
+    note: str = ""
+
+    @property
+    def attrs(self) -> Attrs:
+        """The bound attributes."""
+        return OPS[self.op].bind(*self.args, **self.kw)
+
+    @property
+    def id(self) -> str:
+        """A readable test id."""
+        return f"{self.op}-{self.note}" if self.note else self.op
+
+
+def _c(op: str, inputs: Shape | tuple[Shape, ...], *args: Any, **kw: Any) -> Case:
+    opts = {k: kw.pop(k) for k in ("training", "scale", "distinct", "batch", "note") if k in kw}
+    shapes = (inputs,) if isinstance(inputs[0], int) else inputs
+    return Case(op, shapes, args, kw, **opts)  # type: ignore[arg-type]
+
+
+_ACT = {"scale": 3.0}
+CASES: dict[str, list[Case]] = {
+    "conv": [
+        _c("conv", (5, 5, 3), 4, 3, note="valid"),
+        _c("conv", (5, 5, 3), 4, (2, 3), padding="same", note="same-asymmetric"),
+        _c("conv", (6, 5, 2), 3, 3, 2, padding="same", activation="relu", note="same-s2"),
+        _c("conv", (5, 5, 4), 4, 3, padding="same", dilation=2, groups=2, note="groups-dil"),
+        _c(
+            "conv",
+            (7, 6, 2),
+            3,
+            (2, 3),
+            2,
+            padding=1,
+            dilation=(2, 1),
+            activation="tanh",
+            note="stride-dilation-pad",
+        ),  # fmt: skip
+        _c("conv", (5, 5, 3), 2, 1, 2, bias=False, note="1x1-s2"),
+        _c("conv", (4, 4, 3), 2, 1, activation="gelu", note="1x1"),
+        _c("conv", (4, 4, 4), 4, 1, groups=4, note="1x1-groups"),
+    ],
+    "depthwise_conv": [
+        _c("depthwise_conv", (5, 5, 3), 3, depth_multiplier=2, padding="same", note="same-m2"),
+        _c(
+            "depthwise_conv",
+            (6, 6, 2),
+            2,
+            2,
+            padding="same",
+            activation="relu6",
+            scale=4.0,
+            note="s2-relu6",
+        ),  # fmt: skip
+        _c("depthwise_conv", (6, 5, 2), (3, 2), dilation=(1, 2), bias=False, note="dilated"),
+    ],
+    "separable_conv": [
+        _c("separable_conv", (5, 5, 3), 4, 3, padding="same", depth_multiplier=2, note="same"),
+        _c("separable_conv", (6, 6, 2), 3, 3, 2, bias=False, activation="swish", note="s2"),
+    ],
+    "dense": [
+        _c("dense", (6,), 4, activation="sigmoid", note="sigmoid"),
+        _c("dense", (5,), 3, bias=False, note="nobias"),
+        _c("dense", (4,), 3, activation="softmax", note="softmax"),
+    ],
+    "maxpool": [
+        _c("maxpool", (5, 5, 3), 2, distinct=True, note="valid"),
+        _c("maxpool", (6, 5, 2), 3, 2, padding="same", distinct=True, note="same-s2"),
+        _c("maxpool", (5, 5, 2), 3, 1, padding=1, distinct=True, note="pad1"),
+        _c("maxpool", (5, 6, 2), (2, 3), (1, 2), distinct=True, note="rect"),
+        _c("maxpool", (5, 4, 2), 2, padding="same", distinct=True, note="same-odd"),
+    ],
+    "avgpool": [
+        _c("avgpool", (5, 5, 3), 2, note="valid"),
+        _c("avgpool", (6, 5, 2), 3, 2, padding="same", note="same-s2"),
+        _c("avgpool", (5, 5, 2), 3, 1, padding="same", note="same-s1"),
+        _c("avgpool", (5, 5, 2), 3, 2, padding=1, note="pad1"),
+        _c("avgpool", (5, 6, 2), (2, 3), (1, 2), note="rect"),
+    ],
+    "global_avgpool": [_c("global_avgpool", (4, 5, 3))],
+    "global_maxpool": [_c("global_maxpool", (4, 5, 3), distinct=True)],
+    "batchnorm": [
+        _c("batchnorm", (4, 4, 3), training=True, note="train"),
+        _c("batchnorm", (4, 4, 3), note="infer"),
+        _c("batchnorm", (5,), training=True, batch=4, note="vector-train"),
+        _c("batchnorm", (3, 3, 2), center=False, scale=False, training=True, note="plain"),
+        _c("batchnorm", (3, 3, 2), momentum=0.9, epsilon=0.01, scale=False, note="infer-beta"),
+    ],
+    "lrn": [
+        _c("lrn", (3, 3, 7), 2, bias=2.0, alpha=0.5, beta=0.75, note="r2"),
+        _c("lrn", (2, 2, 4), scale=10.0, note="defaults"),
+        _c("lrn", (6,), 1, alpha=0.3, beta=0.5, note="vector-r1"),
+        _c("lrn", (2, 2, 3), 0, alpha=0.2, note="r0"),
+    ],
+    "dropout": [
+        _c("dropout", (4, 4, 3), 0.5, training=True, note="train"),
+        _c("dropout", (4, 4, 3), 0.3, note="infer"),
+        _c("dropout", (6,), 0.0, training=True, note="rate0"),
+    ],
+    "flatten": [_c("flatten", (3, 4, 2)), _c("flatten", (5,), note="vector")],
+    "zeropad": [
+        _c("zeropad", (3, 4, 2), 1, note="1"),
+        _c("zeropad", (3, 3, 2), ((1, 2), (0, 3)), note="sides"),
+        _c("zeropad", (3, 3, 1), (2, 1), note="pair"),
+    ],
+    "concat": [
+        _c("concat", ((4, 4, 2), (4, 4, 3)), note="channels"),
+        _c("concat", ((2, 3, 2), (1, 3, 2)), axis=0, note="axis0"),
+        _c("concat", ((4, 4, 1), (4, 4, 2), (4, 4, 3)), note="three"),
+        _c("concat", ((3,), (4,)), note="vectors"),
+    ],
+    "add": [
+        _c("add", ((4, 4, 3), (4, 4, 3)), note="two"),
+        _c("add", ((4, 4, 3), (4, 4, 3), (4, 4, 3)), note="three"),
+        _c("add", ((5,), (5,)), note="vectors"),
+    ],
+    "multiply": [
+        _c("multiply", ((4, 4, 3), (3,)), note="se"),
+        _c("multiply", ((4, 4, 3), (4, 4, 3)), note="same"),
+        _c("multiply", ((4, 1, 3), (4, 3)), note="both-broadcast"),
+        _c("multiply", ((3, 2), (2,), (3, 1)), note="three"),
+    ],
+    "relu": [_c("relu", (4, 4, 3), **_ACT)],
+    "relu6": [_c("relu6", (4, 4, 3), scale=5.0)],
+    "leaky_relu": [_c("leaky_relu", (4, 4, 3), **_ACT), _c("leaky_relu", (6,), 0.2, note="0.2")],
+    "elu": [_c("elu", (4, 4, 3), **_ACT), _c("elu", (6,), 0.5, note="0.5")],
+    "sigmoid": [_c("sigmoid", (4, 4, 3), **_ACT)],
+    "tanh": [_c("tanh", (4, 4, 3), **_ACT)],
+    "softmax": [
+        _c("softmax", (4, 4, 3), **_ACT),
+        _c("softmax", (6,), **_ACT, note="vector"),
+        _c("softmax", (3, 4), 0, **_ACT, note="axis0"),
+    ],
+    "swish": [_c("swish", (4, 4, 3), **_ACT)],
+    "gelu": [_c("gelu", (4, 4, 3), **_ACT)],
+    "identity": [_c("identity", (4, 4, 3))],
+}
+
+ALL_CASES = [case for op in sorted(CASES) for case in CASES[op]]
+
+
+def op_params() -> list[Any]:
+    """(op, index) for every registered op but `input`: a missing case fails, not skips."""
+    import pytest
+
+    return [
+        pytest.param(op, i, id=CASES[op][i].id if op in CASES else op)
+        for op in sorted(set(OPS) - {"input"})
+        for i in range(len(CASES.get(op, [])) or 1)
+    ]
+
+
+def get_case(op: str, i: int) -> Case:
+    """CASES[op][i], failing with a clear message for an op without cases."""
+    import pytest
+
+    if op not in CASES:
+        pytest.fail(f"op '{op}' has no case in tests/ops/op_cases.py")
+    return CASES[op][i]
+
+
+def make_inputs(case: Case, rng: np.random.Generator, dtype: Any = np.float64) -> list[Any]:
+    """Random inputs with the batch axis first."""
+    xs = []
+    for shape in case.inputs:
+        full = (case.batch, *shape)
+        if case.distinct:  # a permutation of a grid: neighbours at least 4/size apart
+            size = math.prod(full)
+            x = (rng.permutation(size) * (4.0 / size) - 2.0).reshape(full)
+        else:
+            x = rng.normal(size=full) * case.scale
+        xs.append(x.astype(dtype))
+    return xs
+
+
+def make_weights(case: Case, rng: np.random.Generator, dtype: Any = np.float64) -> dict[str, Any]:
+    """Random weights of the shapes the op declares (variances positive, gamma near 1)."""
+    specs = OPS[case.op].weights(case.attrs, *case.inputs)
+    ws = {}
+    for name, spec in specs.items():
+        if name == "moving_variance":
+            v = rng.uniform(0.5, 1.5, size=spec.shape)
+        elif name == "gamma":
+            v = 1 + 0.3 * rng.normal(size=spec.shape)
+        else:
+            v = 0.5 * rng.normal(size=spec.shape)
+        ws[name] = v.astype(dtype)
+    return ws
+
+
+def trainable(case: Case) -> list[str]:
+    """Names of the weights that backward must return gradients for."""
+    specs = OPS[case.op].weights(case.attrs, *case.inputs)
+    return [name for name, spec in specs.items() if spec.trainable]
+
+
+def make_ctx(case: Case, **kw: Any) -> Context:
+    """A fresh context: the case's training flag and an rng seeded with SEED."""
+    return Context(training=case.training, rng=np.random.default_rng(SEED), **kw)
+
+
+def tf_same(n: int, f: int, s: int) -> tuple[int, int]:
+    """Keras/TF `same` padding written from LANGUAGE.md: out = ceil(n/s), extra pixel after."""
+    out = math.ceil(n / s)
+    total = max((out - 1) * s + f - n, 0)
+    return total // 2, total - total // 2
+
+
+def side_pads(
+    padding: Any, hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) for padding valid | same | (ph, pw), kernel dilated."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        return tf_same(hw[0], kernel[0], stride[0]), tf_same(hw[1], kernel[1], stride[1])
+    return (padding[0], padding[0]), (padding[1], padding[1])

@@ -1,0 +1,396 @@
+"""Every op's forward kernel against a direct-loop implementation of its definition.
+
+The references below are written from the formulas (LANGUAGE.md, the op
+docstrings, Keras' documentation), one output element at a time, with
+plain Python loops and `math`: slow, obvious, and sharing no code with the
+kernels. Run on each case of tests/ops/op_cases.py in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from op_cases import (
+    SEED,
+    Case,
+    get_case,
+    make_ctx,
+    make_inputs,
+    make_weights,
+    op_params,
+    side_pads,
+    trainable,
+)
+
+from cnndsl.ops import OPS
+from cnndsl.ops.registry import Attrs
+
+Ref = Callable[[Attrs, list[np.ndarray], dict[str, np.ndarray], Case], np.ndarray]
+
+# ---- Scalar activations, straight from their formulas ----
+
+
+def _sig(v: float) -> float:
+    return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+
+SCALAR: dict[str, Callable[[float, Attrs], float]] = {
+    "identity": lambda v, a: v,
+    "relu": lambda v, a: max(v, 0.0),
+    "relu6": lambda v, a: min(max(v, 0.0), 6.0),
+    "leaky_relu": lambda v, a: v if v > 0 else a.alpha * v,
+    "elu": lambda v, a: v if v > 0 else a.alpha * (math.exp(v) - 1),
+    "sigmoid": lambda v, a: _sig(v),
+    "tanh": lambda v, a: math.tanh(v),
+    "swish": lambda v, a: v * _sig(v),
+    "gelu": lambda v, a: 0.5 * v * (1 + math.erf(v / math.sqrt(2))),
+}
+
+
+def ref_activation(name: str, a: Attrs, z: np.ndarray) -> np.ndarray:
+    """Apply an activation by its definition; softmax along attrs.axis (batch excluded)."""
+    if name == "none":
+        return z.copy()
+    if name == "softmax":
+        axis = a.axis % (z.ndim - 1) + 1
+        moved = np.moveaxis(z, axis, -1)
+        out = np.empty_like(moved)
+        for idx in np.ndindex(moved.shape[:-1]):
+            row = [math.exp(v) for v in moved[idx]]
+            out[idx] = [e / sum(row) for e in row]
+        return np.moveaxis(out, -1, axis)
+    y = np.empty_like(z)
+    for idx in np.ndindex(z.shape):
+        y[idx] = SCALAR[name](float(z[idx]), a)
+    return y
+
+
+def fused(a: Attrs, z: np.ndarray) -> np.ndarray:
+    """The fused activation of conv/dense with its default arguments."""
+    name = a.activation
+    return ref_activation(name, OPS[name].bind() if name != "none" else a, z)
+
+
+def padded(x: np.ndarray, p: tuple, value: float = 0.0) -> np.ndarray:
+    """x with p = ((top, bottom), (left, right)) rows/columns of `value` around it."""
+    (t, b), (l, r) = p
+    n, h, w, c = x.shape
+    out = np.full((n, h + t + b, w + l + r, c), value)
+    out[:, t : t + h, l : l + w] = x
+    return out
+
+
+def dilated(a: Attrs, kernel: tuple[int, int]) -> tuple[int, int]:
+    return tuple(a.dilation[i] * (kernel[i] - 1) + 1 for i in range(2))  # type: ignore[return-value]
+
+
+def out_size(n: int, f: int, s: int, p: tuple[int, int]) -> int:
+    return (n + p[0] + p[1] - f) // s + 1
+
+
+# ---- References ----
+
+
+def ref_conv(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x, k = xs[0], w["kernel"]
+    fh, fw, cin_g, f = k.shape
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    p = side_pads(a.padding, x.shape[1:3], dilated(a, (fh, fw)), a.stride)
+    xp = padded(x, p)
+    eff = dilated(a, (fh, fw))
+    oh, ow = out_size(x.shape[1], eff[0], sh, p[0]), out_size(x.shape[2], eff[1], sw, p[1])
+    f_g = f // a.groups
+    z = np.zeros((x.shape[0], oh, ow, f))
+    for n, i, j, kk in itertools.product(range(x.shape[0]), range(oh), range(ow), range(f)):
+        g = kk // f_g  # output channel kk reads the input channels of its group
+        acc = w["bias"][kk] if "bias" in w else 0.0
+        for u, v, c in itertools.product(range(fh), range(fw), range(cin_g)):
+            acc += xp[n, i * sh + u * dh, j * sw + v * dw, g * cin_g + c] * k[u, v, c, kk]
+        z[n, i, j, kk] = acc
+    return fused(a, z)
+
+
+def _depthwise(a: Attrs, x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    fh, fw, c_in, m = k.shape
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    eff = dilated(a, (fh, fw))
+    p = side_pads(a.padding, x.shape[1:3], eff, a.stride)
+    xp = padded(x, p)
+    oh, ow = out_size(x.shape[1], eff[0], sh, p[0]), out_size(x.shape[2], eff[1], sw, p[1])
+    z = np.zeros((x.shape[0], oh, ow, c_in * m))
+    for n, i, j, c, q in itertools.product(
+        range(x.shape[0]), range(oh), range(ow), range(c_in), range(m)
+    ):
+        z[n, i, j, c * m + q] = sum(
+            xp[n, i * sh + u * dh, j * sw + v * dw, c] * k[u, v, c, q]
+            for u, v in itertools.product(range(fh), range(fw))
+        )
+    return z
+
+
+def ref_depthwise_conv(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    z = _depthwise(a, xs[0], w["kernel"])
+    return fused(a, z + w["bias"] if "bias" in w else z)
+
+
+def ref_separable_conv(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    t = _depthwise(a, xs[0], w["depthwise_kernel"])
+    pk = w["pointwise_kernel"][0, 0]
+    z = np.zeros((*t.shape[:3], pk.shape[1]))
+    for idx in np.ndindex(z.shape):
+        *pix, f = idx
+        z[idx] = sum(t[(*pix, c)] * pk[c, f] for c in range(pk.shape[0]))
+        z[idx] += w["bias"][f] if "bias" in w else 0.0
+    return fused(a, z)
+
+
+def ref_dense(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x, k = xs[0], w["kernel"]
+    z = np.zeros((x.shape[0], k.shape[1]))
+    for n, u in np.ndindex(z.shape):
+        z[n, u] = sum(x[n, i] * k[i, u] for i in range(k.shape[0]))
+        z[n, u] += w["bias"][u] if "bias" in w else 0.0
+    return fused(a, z)
+
+
+def _pool(a: Attrs, x: np.ndarray, reduce: Callable[[list[float], int], float]) -> np.ndarray:
+    """Windows over the *unpadded* x; reduce(real values, window area) gives each output."""
+    (fh, fw), (sh, sw) = a.size, a.stride
+    p = side_pads(a.padding, x.shape[1:3], a.size, a.stride)
+    oh, ow = out_size(x.shape[1], fh, sh, p[0]), out_size(x.shape[2], fw, sw, p[1])
+    y = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    for n, i, j, c in np.ndindex(y.shape):
+        real = [
+            x[n, r, q, c]
+            for u, v in itertools.product(range(fh), range(fw))
+            for r, q in [(i * sh + u - p[0][0], j * sw + v - p[1][0])]
+            if 0 <= r < x.shape[1] and 0 <= q < x.shape[2]
+        ]
+        y[n, i, j, c] = reduce(real, fh * fw)
+    return y
+
+
+def ref_maxpool(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    return _pool(a, xs[0], lambda real, area: max(real))  # padding never wins
+
+
+def ref_avgpool(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    if a.padding == "same":  # Keras: mean of the real pixels
+        return _pool(a, xs[0], lambda real, area: sum(real) / len(real))
+    return _pool(a, xs[0], lambda real, area: sum(real) / area)  # padding zeros count
+
+
+def ref_global_avgpool(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    y = np.zeros((x.shape[0], x.shape[3]))
+    for n, c in np.ndindex(y.shape):
+        y[n, c] = sum(x[n, i, j, c] for i in range(x.shape[1]) for j in range(x.shape[2]))
+        y[n, c] /= x.shape[1] * x.shape[2]
+    return y
+
+
+def ref_global_maxpool(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    y = np.zeros((x.shape[0], x.shape[3]))
+    for n, c in np.ndindex(y.shape):
+        y[n, c] = max(x[n, i, j, c] for i in range(x.shape[1]) for j in range(x.shape[2]))
+    return y
+
+
+def ref_batchnorm(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    y = np.zeros_like(x)
+    for c in range(x.shape[-1]):
+        vals = [float(v) for v in x[..., c].ravel()]
+        if case.training:
+            mean = sum(vals) / len(vals)
+            var = sum((v - mean) ** 2 for v in vals) / len(vals)  # biased, as Keras
+        else:
+            mean, var = w["moving_mean"][c], w["moving_variance"][c]
+        gamma = w["gamma"][c] if a.scale else 1.0
+        beta = w["beta"][c] if a.center else 0.0
+        y[..., c] = gamma * (x[..., c] - mean) / math.sqrt(var + a.epsilon) + beta
+    return y
+
+
+def ref_lrn(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    y = np.zeros_like(x)
+    channels = x.shape[-1]
+    for idx in np.ndindex(x.shape):
+        c = idx[-1]
+        sqr_sum = sum(
+            x[(*idx[:-1], j)] ** 2
+            for j in range(max(0, c - a.radius), min(channels - 1, c + a.radius) + 1)
+        )
+        y[idx] = x[idx] / (a.bias + a.alpha * sqr_sum) ** a.beta
+    return y
+
+
+def ref_dropout(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    if not case.training:
+        return x.copy()
+    u = np.random.default_rng(SEED).random(x.shape)  # the draw the op's ctx.rng makes
+    y = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        y[idx] = x[idx] / (1 - a.rate) if u[idx] >= a.rate else 0.0
+    return y
+
+
+def ref_flatten(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    rows = []
+    for n in range(x.shape[0]):
+        rows.append([x[(n, *idx)] for idx in np.ndindex(x.shape[1:])])  # row-major
+    return np.array(rows)
+
+
+def ref_zeropad(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    (t, b), (l, r) = a.padding
+    y = np.zeros((x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3]))
+    for n, i, j, c in np.ndindex(x.shape):
+        y[n, i + t, j + l, c] = x[n, i, j, c]
+    return y
+
+
+def ref_concat(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    axis = a.axis % (xs[0].ndim - 1) + 1
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    y = np.zeros(shape)
+    offset = 0
+    for x in xs:
+        for idx in np.ndindex(x.shape):
+            out = list(idx)
+            out[axis] += offset
+            y[tuple(out)] = x[idx]
+        offset += x.shape[axis]
+    return y
+
+
+def ref_add(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    y = np.zeros_like(xs[0])
+    for idx in np.ndindex(y.shape):
+        y[idx] = sum(x[idx] for x in xs)
+    return y
+
+
+def ref_multiply(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    rank = max(x.ndim for x in xs) - 1
+    shapes = [(1,) * (rank + 1 - x.ndim) + x.shape[1:] for x in xs]  # aligned at the right
+    out = tuple(max(s[k] for s in shapes) for k in range(rank))
+    y = np.zeros((xs[0].shape[0], *out))
+    for n, *idx in np.ndindex(y.shape):
+        prod = 1.0
+        for x, s in zip(xs, shapes, strict=True):
+            pick = [i if d > 1 else 0 for i, d in zip(idx, s, strict=True)]
+            prod *= x[(n, *pick[rank + 1 - x.ndim :])]
+        y[(n, *idx)] = prod
+    return y
+
+
+REFS: dict[str, Ref] = {
+    "conv": ref_conv,
+    "depthwise_conv": ref_depthwise_conv,
+    "separable_conv": ref_separable_conv,
+    "dense": ref_dense,
+    "maxpool": ref_maxpool,
+    "avgpool": ref_avgpool,
+    "global_avgpool": ref_global_avgpool,
+    "global_maxpool": ref_global_maxpool,
+    "batchnorm": ref_batchnorm,
+    "lrn": ref_lrn,
+    "dropout": ref_dropout,
+    "flatten": ref_flatten,
+    "zeropad": ref_zeropad,
+    "concat": ref_concat,
+    "add": ref_add,
+    "multiply": ref_multiply,
+    **{
+        name: (lambda a, xs, w, case, name=name: ref_activation(name, a, xs[0]))
+        for name in [*SCALAR, "softmax"]
+    },
+}
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A NumPy copy of a numpy or cupy array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+@pytest.mark.parametrize(("op", "i"), op_params())
+def test_forward_matches_definition(op: str, i: int, xp: Any) -> None:
+    case = get_case(op, i)
+    assert op in REFS, f"op '{op}' has no reference implementation here"
+    rng = np.random.default_rng(7)
+    xs, ws = make_inputs(case, rng), make_weights(case, rng)
+    expected = REFS[op](case.attrs, xs, ws, case)
+    dev_ws = {k: xp.asarray(v.copy()) for k, v in ws.items()}  # batchnorm updates in place
+    y, _ = OPS[op].forward(xp, case.attrs, [xp.asarray(x) for x in xs], dev_ws, make_ctx(case))
+    np.testing.assert_allclose(to_host(y), expected, rtol=1e-10, atol=1e-12)
+    if op == "batchnorm" and case.training:  # moving stats moved toward the batch's (biased)
+        m = case.attrs.momentum
+        axes = tuple(range(xs[0].ndim - 1))
+        mean, var = xs[0].mean(axis=axes), ((xs[0] - xs[0].mean(axis=axes)) ** 2).mean(axes)
+        np.testing.assert_allclose(
+            to_host(dev_ws["moving_mean"]), m * ws["moving_mean"] + (1 - m) * mean, rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            to_host(dev_ws["moving_variance"]),
+            m * ws["moving_variance"] + (1 - m) * var,
+            rtol=1e-12,
+        )
+
+
+@pytest.mark.parametrize(("op", "i"), op_params())
+def test_cupy_matches_numpy(op: str, i: int, cupy: Any) -> None:
+    """The same kernels on CuPy give NumPy's outputs and gradients."""
+    xp = cupy
+    case = get_case(op, i)
+    rng = np.random.default_rng(3)
+    xs, ws = make_inputs(case, rng), make_weights(case, rng)
+    dy = rng.normal(size=(case.batch, *OPS[op].shape(case.attrs, *case.inputs)))
+    results = []
+    for mod in (np, xp):
+        w = {k: mod.asarray(v.copy()) for k, v in ws.items()}
+        y, saved = OPS[op].forward(mod, case.attrs, [mod.asarray(x) for x in xs], w, make_ctx(case))
+        dxs, dws = OPS[op].backward(mod, case.attrs, saved, mod.asarray(dy), w, make_ctx(case))
+        results.append(
+            [to_host(y), *map(to_host, dxs), *(to_host(dws[k]) for k in trainable(case))]
+        )
+    for ours, ref in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_erf_matches_math() -> None:
+    from cnndsl.ops.act import erf, erfc
+
+    x = np.concatenate([np.linspace(-9, 9, 3601), [0.0, 0.46875, 4.0, -4.0, 27.0, -27.0]])
+    np.testing.assert_allclose(erf(np, x), [math.erf(v) for v in x], rtol=1e-14, atol=1e-16)
+    np.testing.assert_allclose(erfc(np, x), [math.erfc(v) for v in x], rtol=1e-13, atol=0)
+    x32 = x.astype(np.float32)
+    assert erfc(np, x32).dtype == np.float32
+    ref32 = [math.erfc(float(v)) for v in x32]
+    np.testing.assert_allclose(erfc(np, x32)[np.abs(x) < 9], np.array(ref32)[np.abs(x) < 9],
+                               rtol=2e-6)  # fmt: skip
+
+
+def test_max_ties_send_the_gradient_to_the_first_maximum() -> None:
+    """Equal values: the first in row-major order wins, as PyTorch's max pooling."""
+    ctx = make_ctx(get_case("maxpool", 0))
+    x = np.zeros((1, 2, 4, 1))  # two 2×2 windows of zeros
+    a = OPS["maxpool"].bind(2)
+    _, saved = OPS["maxpool"].forward(np, a, [x], {}, ctx)
+    (dx,), _ = OPS["maxpool"].backward(np, a, saved, np.ones((1, 1, 2, 1)), {}, ctx)
+    assert dx[0, :, :, 0].tolist() == [[1, 0, 1, 0], [0, 0, 0, 0]]
+    a = OPS["global_maxpool"].bind()
+    _, saved = OPS["global_maxpool"].forward(np, a, [x], {}, ctx)
+    (dx,), _ = OPS["global_maxpool"].backward(np, a, saved, np.ones((1, 1)), {}, ctx)
+    assert dx[0, :, :, 0].tolist() == [[1, 0, 0, 0], [0, 0, 0, 0]]
