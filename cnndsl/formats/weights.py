@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,12 +86,8 @@ def write_npz(
     arrays: Mapping[str, np.ndarray],
     prefix: str = ".tmp-",
     suffix: str = ".npz",
-    before_rename: Callable[[str], None] | None = None,
 ) -> None:
-    """Write arrays to an .npz atomically: temp file, fsync, rename, fsync the folder.
-
-    `before_rename(temp_path)` runs between the write and the rename (a test hook).
-    """
+    """Write arrays to an .npz atomically: temp file, fsync, rename, fsync the folder."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
@@ -105,8 +101,6 @@ def write_npz(
             np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename(tmp)
         # NOTE: readers see the old file or the new one, never a half-written one.
         os.replace(tmp, path)
     except BaseException:

@@ -136,10 +136,6 @@ class Workers:
             )
         return out.reshape(parts.shape[1:])
 
-    def release(self) -> None:
-        """Drop every scratch buffer (they are reallocated on demand)."""
-        self._scratch.clear()
-
     def batch_chunks(
         self, n: int, bytes_per_sample: int, stream: bool = False
     ) -> list[tuple[int, int]]:

@@ -17,11 +17,6 @@ checkpoints and at worst a stray temporary file, never a half-written
 checkpoint. Resuming takes the newest checkpoint that reads back whole
 (warning about each one skipped) and refuses one written for another network,
 naming the first differences.
-
-Test hook: with CNNDSL_TEST_PAUSE_CHECKPOINT=N in the environment, the N-th
-checkpoint this process writes stops between writing its temporary file and
-renaming it, prints "cnndsl-test: paused writing checkpoint" on stderr and
-sleeps, so a test can SIGKILL the process in the middle of a write.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -55,7 +49,6 @@ FORMAT = "cnndsl-checkpoint"
 VERSION = 1
 PREFIX = "checkpoint-"
 TEMP_PREFIX = ".checkpoint-"
-PAUSE_ENV = "CNNDSL_TEST_PAUSE_CHECKPOINT"
 
 
 class CheckpointWarning(UserWarning):
@@ -252,7 +245,7 @@ class Checkpointer:
         path = self.folder / f"{PREFIX}{state.step:09d}.npz"
         self.written += 1
         try:
-            write_npz(path, arrays, prefix=TEMP_PREFIX, suffix=".tmp", before_rename=self._pause)
+            write_npz(path, arrays, prefix=TEMP_PREFIX, suffix=".tmp")
         except OSError as e:
             raise ModelError(
                 f"{path}: cannot write the checkpoint ({e.strerror or e}); free some space or"
@@ -263,13 +256,6 @@ class Checkpointer:
             with contextlib.suppress(OSError):
                 old.unlink()
         return str(path)
-
-    def _pause(self, tmp: str) -> None:
-        """The test hook (module docstring): stop inside the N-th write."""
-        wanted = os.environ.get(PAUSE_ENV)
-        if wanted and wanted.isdigit() and int(wanted) == self.written:
-            print(f"cnndsl-test: paused writing checkpoint {tmp}", file=sys.stderr, flush=True)
-            time.sleep(600)
 
     # ---- reading ----
     def resume(self, model: Model, state: TrainState) -> TrainState:

@@ -1,8 +1,8 @@
 """Checkpoints: resumed runs equal uninterrupted ones bit for bit; crashes and Ctrl-C lose nothing.
 
 The subprocess tests run `python -m cnndsl run` on a 6×6 toy set (96 training
-samples, batch 8: 12 steps an epoch) and use the CNNDSL_TEST_PAUSE_CHECKPOINT
-hook (cnndsl/training/checkpoint.py) to SIGKILL a run in the middle of a checkpoint write.
+samples, batch 8: 12 steps an epoch); to SIGKILL a run in the middle of a checkpoint
+write, `PAUSING_RUN` runs the same command with the N-th checkpoint rename held back.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import cnndsl
-from cnndsl.training.checkpoint import PAUSE_ENV, CheckpointWarning, TrainingInterrupted
+from cnndsl.training.checkpoint import TEMP_PREFIX, CheckpointWarning, TrainingInterrupted
 from cnndsl.training.model import ModelError
 
 TINY = """
@@ -201,15 +201,34 @@ def write_toy(folder: Path) -> tuple[Path, Path]:
     return spec, data
 
 
-def cnndsl_run(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    full_env = {k: v for k, v in os.environ.items() if k != PAUSE_ENV}
-    full_env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
+# `cnndsl run ARGS` whose PAUSE-th checkpoint write stops between its temporary file
+# and the rename (announcing it on stderr), so that a test can kill it right there.
+PAUSING_RUN = f"""
+import os, sys, time
+from cnndsl.cli import main
+pause_at, argv, renames = int(sys.argv[1]), sys.argv[2:], [0]
+real_replace = os.replace
+def replace(src, dst, **kw):
+    if os.path.basename(src).startswith({TEMP_PREFIX!r}):
+        renames[0] += 1
+        if renames[0] == pause_at:
+            print("cnndsl-test: paused writing checkpoint", src, file=sys.stderr, flush=True)
+            time.sleep(600)
+    return real_replace(src, dst, **kw)
+os.replace = replace
+sys.exit(main(argv))
+"""
+
+
+def cnndsl_run(*args: str, pause_at: int | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    command = ["-m", "cnndsl"] if pause_at is None else ["-c", PAUSING_RUN, str(pause_at)]
     return subprocess.Popen(
-        [sys.executable, "-m", "cnndsl", "run", *args, "-q"],
+        [sys.executable, *command, "run", *args, "-q"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,  # NOTE: unbuffered, so select() sees every line as it is written
-        env=full_env,
+        env=env,
     )
 
 
@@ -244,7 +263,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path: Pa
         *common, "--checkpoint", str(tmp_path / "ref"), "--save", str(tmp_path / "ref.npz")
     )
     # The third write (step 10, in epoch 1) pauses after its temp file: kill it there.
-    killed = cnndsl_run(*common, "--checkpoint", str(tmp_path / "ck"), env={PAUSE_ENV: "3"})
+    killed = cnndsl_run(*common, "--checkpoint", str(tmp_path / "ck"), pause_at=3)
     assert killed.stderr is not None
     wait_for(killed, killed.stderr, "cnndsl-test: paused writing checkpoint")
     killed.send_signal(signal.SIGKILL)
