@@ -58,3 +58,11 @@ def test_spec_compiles(path: Path) -> None:
         shape, params = BLOCK_INPUTS[name]
         net = cnndsl.compile_block(path, name, shape, **params)
         assert len(net.graph) > 1
+
+
+def test_readme_ir_calls_work() -> None:
+    """The README's Python API lines about the IR do what they say."""
+    net = cnndsl.compile(ROOT / "specs" / "digits.cnn")
+    layers = list(net.graph)
+    assert net.graph.g.number_of_nodes() == len(layers) == len(net.graph)
+    assert all(net.graph.g.nodes[layer.path]["layer"] is layer for layer in layers)
