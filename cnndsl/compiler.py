@@ -17,7 +17,7 @@ from cnndsl.frontend.imports import FileScope, Loader
 from cnndsl.ir import Graph, Layer
 from cnndsl.passes import PIPELINE, estimate_memory, totals, unread_pixel_warnings
 from cnndsl.passes.memory import Memory
-from cnndsl.source import CnnError, Diagnostic, error, near_names
+from cnndsl.source import CnnError, Diagnostic, decode_utf8, error, near_names
 from cnndsl.summary import render_table, to_json
 from cnndsl.training.model import Model
 
@@ -141,10 +141,7 @@ def read_source(source: str | os.PathLike[str]) -> tuple[str, str]:
             raw = path.read_bytes()
         except OSError as exc:
             raise error("E060", f"cannot read '{path}': {exc.strerror}") from None
-        try:
-            return raw.decode("utf-8"), str(path)
-        except UnicodeDecodeError as exc:
-            raise error("E063", f"'{path}' is not UTF-8 text (byte {exc.start})") from None
+        return decode_utf8(raw, str(path)), str(path)
     assert isinstance(source, str)
     if len(source.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise error("E065", f"spec text is longer than {MAX_SPEC_BYTES:,} bytes")

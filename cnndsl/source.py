@@ -81,6 +81,31 @@ def error(code: str, message: str, span: Span | None = None, *notes: str) -> Cnn
     return CnnError([Diagnostic("error", code, message, span, tuple(notes))])
 
 
+def decode_utf8(raw: bytes, file: str, imported_at: Span | None = None) -> str:
+    """A spec file's bytes as text, or E063 at the line and column of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8")  # valid up to the bad byte
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        notes = (f"note: imported at {imported_at}",) if imported_at else ()
+        bad = CnnError(
+            [
+                Diagnostic(
+                    "error",
+                    "E063",
+                    f"'{file}' is not UTF-8 text: byte {exc.start} is 0x{raw[exc.start]:02x};"
+                    " save the file as UTF-8",
+                    Span(file, line, col, line, col + 1),
+                    notes,
+                )
+            ],
+            {file: raw.decode("utf-8", "replace")},
+        )
+        raise bad from None
+
+
 def near_names(name: str, candidates: Any) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or ''."""
     import difflib

@@ -15,7 +15,7 @@ from cnndsl.frontend import syntax as ast
 from cnndsl.frontend.grammar import resource_path
 from cnndsl.frontend.parse import parse
 from cnndsl.ops import OPS
-from cnndsl.source import Span, error, near_names
+from cnndsl.source import Span, decode_utf8, error, near_names
 
 
 @dataclass
@@ -66,11 +66,7 @@ class Loader:
             raise error("E060", f"cannot import '{path}': no such file", span) from None
         except OSError as exc:
             raise error("E060", f"cannot read '{path}': {exc.strerror}", span) from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise error("E063", f"'{path}' is not UTF-8 text (byte {exc.start})", span) from None
-        return self.load_text(text, key)
+        return self.load_text(decode_utf8(raw, key, imported_at=span), key)
 
     def _bind_names(self, scope: FileScope, file: str) -> None:
         for imp in scope.module.imports:
