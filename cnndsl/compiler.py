@@ -11,12 +11,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnndsl.frontend.elaborate import Elaborator, with_partial
 from cnndsl.frontend.grammar import resource_path
 from cnndsl.frontend.imports import FileScope, Loader
 from cnndsl.ir import Graph, Layer
 from cnndsl.passes import PIPELINE, estimate_memory, totals, unread_pixel_warnings
 from cnndsl.passes.memory import Memory
+from cnndsl.runtime.backends import Backend
+from cnndsl.runtime.executor import ModelError
 from cnndsl.source import CnnError, Diagnostic, decode_utf8, error, near_names
 from cnndsl.summary import render_table, to_json
 from cnndsl.training.model import Model
@@ -97,9 +101,13 @@ class Network:
         """The documented JSON form (schema cnndsl.summary/1)."""
         return to_json(self.graph, depth=depth, batch=batch)
 
-    def build(self, backend: str = "numpy", seed: int = 0) -> Model:
-        """An executable Model with freshly initialised weights."""
-        return Model(self.graph, backend=backend, seed=seed)
+    def build(
+        self, backend: str | Backend = "numpy", seed: int = 0, dtype: Any = "float32"
+    ) -> Model:
+        """An executable Model with freshly initialised weights (dtype float32 or float64)."""
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise ModelError(f"dtype must be float32 or float64, not {np.dtype(dtype)}")
+        return Model(self.graph, backend=backend, seed=seed, dtype=dtype)
 
     def __repr__(self) -> str:
         return (
