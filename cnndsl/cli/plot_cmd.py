@@ -195,8 +195,10 @@ def _filters(net: Network, args: argparse.Namespace) -> int:
 def _curves(history: str, out: str) -> int:
     from cnndsl.plot import curves, maps
 
-    series, epochs = curves.load_history(history)
-    fig = curves.draw_history(series, epochs, title=Path(history).name)
+    found = curves.load_history(history)
+    # The network's name where the run recorded it, else the file's.
+    title = found.network or Path(history).stem
+    fig = curves.draw_history(found.series, found.epochs, title=title)
     maps.save(fig, _picture_path(out))
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -209,8 +211,8 @@ def _report(net: Network, args: argparse.Namespace, out: str) -> int:
 
     png = None
     if args.history:
-        series, epochs = curves.load_history(args.history)
-        png = curves.png_bytes(curves.draw_history(series, epochs))
+        found = curves.load_history(args.history)
+        png = curves.png_bytes(curves.draw_history(found.series, found.epochs))
     text = report_html(net.graph, depth=args.depth, rankdir=args.rankdir, curves_png=png)
     try:
         Path(out).write_text(text, encoding="utf-8")

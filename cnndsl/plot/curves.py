@@ -14,7 +14,7 @@ import io
 import json
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -58,7 +58,15 @@ def parse_history(
     return series, epochs
 
 
-def load_history(path: str | os.PathLike[str]) -> tuple[dict[str, list[float]], list[int] | None]:
+class HistoryFile(NamedTuple):
+    """A history JSON as read: per-epoch series, epoch numbers, the network it trained."""
+
+    series: dict[str, list[float]]
+    epochs: list[int] | None
+    network: str | None  # `cnndsl run --history` records it; a bare history has none
+
+
+def load_history(path: str | os.PathLike[str]) -> HistoryFile:
     """Read a history JSON file; PlotError when it can't be read or isn't one."""
     path = os.fspath(path)
     try:
@@ -70,7 +78,9 @@ def load_history(path: str | os.PathLike[str]) -> tuple[dict[str, list[float]], 
         raise PlotError(f"cannot read '{path}': {exc}") from None
     except json.JSONDecodeError as exc:
         raise PlotError(f"'{path}' is not valid JSON: {exc}") from None
-    return parse_history(data, f"'{path}'")
+    series, epochs = parse_history(data, f"'{path}'")
+    network = data.get("spec") if isinstance(data, dict) else None
+    return HistoryFile(series, epochs, network if isinstance(network, str) else None)
 
 
 def panels(series: dict[str, list[float]]) -> list[tuple[str, str | None]]:

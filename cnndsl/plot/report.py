@@ -17,6 +17,7 @@ import base64
 import html
 import json
 import re
+from pathlib import PurePath
 from typing import Any
 
 from cnndsl.ir import Graph
@@ -295,7 +296,8 @@ def report_html(
         f" <b>{human(t['macs'])}</b> MACs per image"
     )
     if g.meta.get("file"):
-        facts += f" · from <code>{html.escape(str(g.meta['file']))}</code>"
+        # The file's name only: a report is shared, and a full path tells where it was made.
+        facts += f" · from <code>{html.escape(PurePath(str(g.meta['file'])).name)}</code>"
     curves = ""
     if curves_png is not None:
         uri = "data:image/png;base64," + base64.b64encode(curves_png).decode("ascii")
