@@ -265,6 +265,11 @@ def summary_html(g: Graph, depth: int | None = None) -> str:
     return "\n".join(out)
 
 
+def _file_name_only(span: str | None) -> str | None:
+    """'/home/me/specs/net.cnn:3:5' as 'net.cnn:3:5': a shared page keeps its folders private."""
+    return PurePath(span).name if span else span
+
+
 def report_html(
     g: Graph,
     depth: int | None = None,
@@ -285,7 +290,10 @@ def report_html(
             owner[scope.path] = node.dom_id
     for path, (dom_id, _, _) in d.clusters.items():
         owner[path] = dom_id
-    payload = {"network": g.meta.get("name"), "nodes": d.data, "owner": owner}
+    nodes = {
+        key: {**node, "span": _file_name_only(node.get("span"))} for key, node in d.data.items()
+    }
+    payload = {"network": g.meta.get("name"), "nodes": nodes, "owner": owner}
     name = str(title or g.meta.get("name", "network"))
     t = totals(g)
     ins = [_shape(g[p].shape) for p in g.inputs]
