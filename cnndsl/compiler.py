@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from cnndsl.formats.files import require_regular_file
 from cnndsl.frontend.elaborate import Elaborator, with_partial
 from cnndsl.frontend.grammar import resource_path
-from cnndsl.frontend.imports import FileScope, Loader
+from cnndsl.frontend.imports import MAX_SOURCE_BYTES, FileScope, Loader, check_source_size
 from cnndsl.ir import Graph, Layer
 from cnndsl.passes import PIPELINE, estimate_memory, totals, unread_pixel_warnings
 from cnndsl.passes.memory import Memory
@@ -25,7 +26,15 @@ from cnndsl.source import CnnError, Diagnostic, decode_utf8, error, near_names
 from cnndsl.summary import render_table, to_json
 from cnndsl.training.model import Model
 
-MAX_SPEC_BYTES = 10 * 1024 * 1024
+MAX_SPEC_BYTES = MAX_SOURCE_BYTES  # kept under its old name for callers
+MAX_BATCH = 2**20  # memory plans and summaries: their cost grows with the batch's chunks
+
+
+def check_batch(batch: int) -> int:
+    """A batch size for plans and summaries, or ValueError naming the allowed range."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be a whole number from 1 to {MAX_BATCH:,}, not {batch!r}")
+    return batch
 
 
 class Network:
@@ -91,20 +100,20 @@ class Network:
 
     def memory(self, batch: int = 1) -> Memory:
         """Memory estimate for a batch size."""
-        return estimate_memory(self.graph, batch)
+        return estimate_memory(self.graph, check_batch(batch))
 
     def summary(self, depth: int | None = None, batch: int = 1) -> str:
         """A Keras-like summary table as text."""
-        return render_table(self.graph, depth=depth, batch=batch)
+        return render_table(self.graph, depth=depth, batch=check_batch(batch))
 
     def to_json(self, depth: int | None = None, batch: int = 1) -> dict[str, Any]:
         """The documented JSON form (schema cnndsl.summary/1)."""
-        return to_json(self.graph, depth=depth, batch=batch)
+        return to_json(self.graph, depth=depth, batch=check_batch(batch))
 
     def build(
-        self, backend: str | Backend = "numpy", seed: int = 0, dtype: Any = "float32"
+        self, backend: str | Backend = "numpy", seed: int | None = None, dtype: Any = "float32"
     ) -> Model:
-        """An executable Model with freshly initialised weights (dtype float32 or float64)."""
+        """An executable Model with fresh weights (seed: the spec's, else 0; float32 or float64)."""
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ModelError(f"dtype must be float32 or float64, not {np.dtype(dtype)}")
         return Model(self.graph, backend=backend, seed=seed, dtype=dtype)
@@ -141,18 +150,21 @@ def read_source(source: str | os.PathLike[str]) -> tuple[str, str]:
             raise error("E060", f"cannot read {str(path)!r}: {exc}") from None
         if path.is_dir():
             raise error("E060", f"'{path}' is a folder, not a .cnn file")
-        if size > MAX_SPEC_BYTES:
-            raise error(
-                "E065", f"'{path}' is {size:,} bytes; specs are limited to {MAX_SPEC_BYTES:,}"
-            )
         try:
-            raw = path.read_bytes()
+            require_regular_file(path)  # a FIFO would hang the read, /dev/zero never end
+        except OSError as exc:
+            raise error("E060", f"cannot read '{path}': {exc.strerror}") from None
+        check_source_size(size, f"'{path}'")
+        try:
+            with path.open("rb") as handle:  # read no more than the limit, should it grow
+                raw = handle.read(MAX_SOURCE_BYTES + 1)
+            check_source_size(len(raw), f"'{path}'")
         except OSError as exc:
             raise error("E060", f"cannot read '{path}': {exc.strerror}") from None
         return decode_utf8(raw, str(path)), str(path)
     assert isinstance(source, str)
-    if len(source.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
-        raise error("E065", f"spec text is longer than {MAX_SPEC_BYTES:,} bytes")
+    if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
+        check_source_size(len(source.encode("utf-8", "replace")), "the spec text")
     return source, "<string>"
 
 
@@ -215,6 +227,12 @@ def compile_block(
             graph = step(graph)
     except CnnError as exc:
         raise with_partial(exc, elaborator.graph, loader.sources) from None
+    except RecursionError:
+        raise with_partial(
+            error("E092", "the spec nests too deeply to compile", definition.span),
+            elaborator.graph,
+            loader.sources,
+        ) from None
     return Network(graph, loader.sources, unread_pixel_warnings(graph))
 
 

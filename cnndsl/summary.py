@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnndsl.ir import Graph, Layer, Scope
+from cnndsl.ops import OPS
 from cnndsl.passes import estimate_memory, totals
 
 SCHEMA = "cnndsl.summary/1"
@@ -97,14 +98,18 @@ def rows(g: Graph, depth: int | None = None) -> list[Row]:
 
 def describe(g: Graph, layer: Layer) -> str:
     """The op column: label plus, for a channel concat, the channel sum."""
-    text = layer.label
-    if layer.op == "concat" and layer.attrs.get("axis", -1) == -1:
-        parts = [g[i].shape[-1] for i in layer.inputs if g[i].shape]  # type: ignore[index]
-        if layer.shape:
-            text += f" {'+'.join(map(str, parts))}={layer.shape[-1]}"
+    text = layer.label + shape_note(g, layer)
     if not layer.trainable and layer.params:
         text += " (frozen)"
     return text
+
+
+def shape_note(g: Graph, layer: Layer) -> str:
+    """What the shapes add to a layer's label (`Op.shape_note`), e.g. ' 64+32=96' for a concat."""
+    xs = [g[i].shape for i in layer.inputs]
+    if layer.shape is None or any(x is None for x in xs):
+        return ""
+    return OPS[layer.op].shape_note(layer.attrs, xs, layer.shape)  # type: ignore[arg-type]
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:

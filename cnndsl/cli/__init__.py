@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,12 @@ COMMANDS = {
     "run": ("run_cmd", "train, evaluate or predict with a network"),
     "plot": ("plot_cmd", "draw a network, its feature maps, filters or training curves"),
     "zoo": ("zoo_cmd", "list the shipped model specs"),
+    "weights": (
+        "weights_cmd",
+        "fetch pretrained weights for zoo models; convert Keras and PyTorch files to .npz",
+    ),
+    "export": ("export_cmd", "write a network and its weights as an ONNX file"),
+    "import": ("import_cmd", "turn an ONNX CNN into a .cnn spec and its weights"),
 }
 
 EPILOG = """examples:
@@ -55,12 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cnndsl` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
+    # NOTE: importing the commands (NumPy, the compiler) takes most of a second, and
+    # a KeyboardInterrupt raised inside an import can be swallowed by importlib's
+    # callbacks: while they run, Ctrl-C only sets a flag, read once they are done.
+    # `import cnndsl` itself imports nothing heavy, so little comes before this.
+    interrupted: list[int] = []
     try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            raise KeyboardInterrupt
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
         return int(args.handler(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,7 +17,9 @@ import argparse
 import json
 import sys
 
+from cnndsl.cli import ranges
 from cnndsl.cli.common import add_spec_arguments, compile_from_args, report
+from cnndsl.compiler import MAX_BATCH
 from cnndsl.ir import dump
 from cnndsl.passes import count_macs, count_params, receptive_fields
 from cnndsl.source import CnnError
@@ -29,14 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
     parser.add_argument(
         "--batch",
-        type=int,
+        type=_batch,
         default=1,
         metavar="B",
-        help="batch size for the memory estimate (default 1)",
+        help=f"batch size for the memory estimate (default 1, at most {MAX_BATCH:,})",
     )
     parser.add_argument(
         "--depth",
-        type=int,
+        type=ranges.whole(1),
         default=None,
         metavar="N",
         help="collapse block instances nested N deep or more into one row",
@@ -49,18 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-layers",
-        type=int,
+        type=ranges.whole(1),
         default=None,
         metavar="N",
         help="refuse networks with more than N layers (default 100000)",
     )
 
 
+def _batch(text: str) -> int:
+    """--batch: bounded before any work, since memory plans grow with the batch."""
+    value = ranges.whole(1)(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"expected a batch of at most {MAX_BATCH:,} (memory plans grow with it), not {value}"
+        )
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Compile and print; 0 on success, 1 on diagnostics."""
-    if args.batch < 1:
-        print("error: --batch must be at least 1", file=sys.stderr)
-        return 2
     try:
         net = compile_from_args(args)
     except CnnError as exc:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cnndsl.cli import ranges
 from cnndsl.cli.common import add_spec_arguments, compile_from_args, report
 from cnndsl.compiler import Network
 from cnndsl.source import CnnError
@@ -46,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layout direction: TB top to bottom (default) or LR left to right",
     )
     group.add_argument(
-        "--dpi", type=int, default=96, metavar="N", help="resolution of PNG output (default 96)"
+        "--dpi",
+        type=ranges.whole(1),
+        default=96,
+        metavar="N",
+        help="resolution of PNG output (default 96)",
     )
     group.add_argument(
         "--history", metavar="JSON", help="training history to add to an HTML report as curves"
@@ -63,24 +68,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--load",
         metavar="WEIGHTS",
-        help="weights to use (.npz written by Model.save); default: the initialiser",
+        help="weights to use (.npz written by Model.save, or a Keras or PyTorch file);"
+        " default: the initialiser",
     )
     group.add_argument(
-        "--seed", type=int, default=0, help="initialiser seed when no --load is given (default 0)"
+        "--seed",
+        type=ranges.setting("seed"),
+        default=0,
+        help="initialiser seed when no --load is given (default 0)",
     )
     group.add_argument("--cmap", default="gray", help="matplotlib colour map for feature maps")
     group.add_argument(
-        "--max-channels", type=int, default=None, metavar="N", help="draw only the first N channels"
+        "--max-channels",
+        type=ranges.whole(1),
+        default=None,
+        metavar="N",
+        help="draw only the first N channels",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Draw what the arguments ask for; 0 on success, 1 on bad input, 2 on misuse."""
+    from cnndsl.formats.files import UnwritableOutput
     from cnndsl.plot.errors import PlotError
 
     try:
         return _run(args)
-    except PlotError as exc:
+    except (PlotError, UnwritableOutput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except CnnError as exc:
@@ -93,7 +107,28 @@ def _usage(message: str) -> int:
     return 2
 
 
+def _check_cmap(name: str) -> None:
+    """Refuse an unknown colour map before any work, naming close ones."""
+    import matplotlib
+
+    from cnndsl.plot.errors import PlotError
+    from cnndsl.source import near_names
+
+    if name not in matplotlib.colormaps:
+        raise PlotError(
+            f"unknown colour map '{name}'"
+            + near_names(name, list(matplotlib.colormaps))
+            + "; e.g. gray, viridis, magma (matplotlib's colour maps)"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    from cnndsl.formats.files import check_output_path
+
+    if args.output:
+        check_output_path(args.output)  # a missing folder or a folder named -o: before any work
+    if args.feature_maps:
+        _check_cmap(args.cmap)
     spec = str(args.spec)
     if spec.lower().endswith(".json"):
         if args.feature_maps or args.filters or args.history:
@@ -121,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.filters:
         return _filters(net, args)
     out = args.output or f"{net.name}.svg"
+    check_output_path(out)
     if Path(out).suffix.lower() in (".html", ".htm"):
         return _report(net, args, out)
     from cnndsl.plot.diagram import draw
@@ -205,6 +241,7 @@ def _curves(history: str, out: str) -> int:
 
 
 def _report(net: Network, args: argparse.Namespace, out: str) -> int:
+    from cnndsl.formats.files import write_atomic
     from cnndsl.plot import curves
     from cnndsl.plot.errors import PlotError
     from cnndsl.plot.report import report_html
@@ -215,7 +252,7 @@ def _report(net: Network, args: argparse.Namespace, out: str) -> int:
         png = curves.png_bytes(curves.draw_history(found.series, found.epochs))
     text = report_html(net.graph, depth=args.depth, rankdir=args.rankdir, curves_png=png)
     try:
-        Path(out).write_text(text, encoding="utf-8")
+        write_atomic(out, text)
     except OSError as exc:
         raise PlotError(f"cannot write '{out}': {exc.strerror}") from None
     print(f"wrote {out}", file=sys.stderr)

@@ -4,11 +4,18 @@
     cnndsl run specs/fashion_mnist.cnn --data fashion/train-images-idx3-ubyte.gz
     cnndsl run flowers.cnn --data flower_photos --freeze 'base/*' --save head.npz
     cnndsl run flowers.cnn --load head.npz --predict rose.jpg --top-k 3
+    cnndsl run zoo.resnet50 --load resnet50.h5 --predict china.jpg --top-k 5   # ImageNet names
+    cnndsl run flowers.cnn --data flower_photos --epochs 5 --then-unfreeze 'base/*' --then-lr 0.01
     cnndsl run specs/fashion_mnist.cnn --data fashion/ --checkpoint ckpt --checkpoint-every 500
     cnndsl run specs/fashion_mnist.cnn --data fashion/ --checkpoint ckpt --resume
 
-The spec's train {} section supplies the defaults (loss, optimizer, metrics,
-batch, epochs); flags override it. Progress goes to stderr, results to stdout.
+The spec's train {} section supplies the defaults of every training flag
+(loss, optimizer, lr, metrics, batch, epochs, validation_split, seed, data);
+a flag given overrides it. Transfer learning runs in two stages: the epochs
+with the spec's frozen layers (and --freeze/--unfreeze), then --then-unfreeze
+GLOB and --then-epochs more at --then-lr with a fresh optimizer (docs/pretrained.md).
+Progress (the bar, one line per epoch, notes) goes to stderr; results (test
+metrics, predictions) to stdout.
 Exit codes: 0 success, 1 spec diagnostics, bad data/weights/checkpoints, a plan
 that does not fit in memory or a non-finite loss, 2 usage errors, 130 Ctrl-C
 (after saving a checkpoint with --checkpoint). See docs/reliability.md.
@@ -18,24 +25,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import sys
-import time
+import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnndsl.cli import ranges
 from cnndsl.cli.common import add_spec_arguments, load_network
+from cnndsl.formats import imagenet
 from cnndsl.formats.data import DataError, class_names, load_data, load_images
+from cnndsl.formats.files import UnwritableOutput, check_output_path, write_atomic
+from cnndsl.ops import OPS
 from cnndsl.runtime.backends import BackendError
-from cnndsl.training.checkpoint import CheckpointWarning, TrainingInterrupted
-from cnndsl.training.guards import parse_size
+from cnndsl.training.checkpoint import (
+    CheckpointWarning,
+    TrainingInterrupted,
+    check_checkpoint_folder,
+)
+from cnndsl.training.fit import ShortStatisticsWarning
+from cnndsl.training.guards import LossExplosion, LossExplosionWarning, non_finite_weights
 from cnndsl.training.history import Callback
 from cnndsl.training.losses import LossError
 from cnndsl.training.model import ModelError
-from cnndsl.training.optimizers import OptimizerError, get_optimizer
+from cnndsl.training.optimizers import OPTIMIZERS, OptimizerError
+from cnndsl.training.progress import EpochLines, ProgressBar
 
 # Errors the user can fix: reported as `error: ...` with exit code 1, never a traceback.
 USER_ERRORS = (BackendError, DataError, LossError, ModelError, OptimizerError)
@@ -47,14 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
-        default="digits",
         metavar="SOURCE",
-        help="digits (default), an IDX images file (MNIST layout), a .npz with x and y,"
-        " or a folder with one subfolder per class",
+        help="digits, an IDX images file (MNIST layout), a .npz with x and y, or a folder"
+        " with one subfolder per class (default: the spec's data, else digits)",
     )
     data.add_argument(
         "--test-split",
-        type=float,
+        type=ranges.fraction,
         default=0.2,
         metavar="F",
         help="test fraction for data without its own test set (default 0.2)",
@@ -63,17 +78,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-augment", action="store_true", help="no random flips and crops for image folders"
     )
     train = parser.add_argument_group("training (defaults from the spec's train section)")
-    train.add_argument("--epochs", type=int, metavar="N")
-    train.add_argument("--batch-size", type=int, metavar="N")
-    train.add_argument("--optimizer", choices=["sgd", "adam", "rmsprop"])
-    train.add_argument("--lr", type=float, metavar="RATE", help="learning rate")
+    train.add_argument(
+        "--epochs",
+        type=ranges.setting("epochs"),
+        metavar="N",
+        help="(default: the spec's, else 1)",
+    )
+    train.add_argument(
+        "--batch-size",
+        type=ranges.setting("batch"),
+        metavar="N",
+        help="(default: the spec's batch, else 32)",
+    )
+    train.add_argument("--loss", metavar="NAME", help="e.g. binary_crossentropy")
+    train.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        help="one other than the spec's starts from its own defaults",
+    )
+    train.add_argument("--lr", type=ranges.setting("lr"), metavar="RATE", help="learning rate")
+    train.add_argument(
+        "--metrics", type=_names, metavar="A,B", help="comma-separated, e.g. accuracy,top3"
+    )
     train.add_argument(
         "--validation-split",
-        type=float,
+        type=ranges.setting("validation_split"),
         metavar="F",
         help="hold out this last fraction of the training data for validation",
     )
-    train.add_argument("--seed", type=int, default=0, help="weights, shuffling, dropout (0)")
+    train.add_argument(
+        "--seed",
+        type=ranges.setting("seed"),
+        help="weights, shuffling, dropout (default: the spec's, else 0)",
+    )
     train.add_argument(
         "--freeze",
         action="append",
@@ -81,9 +118,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="GLOB",
         help="freeze layers whose path matches, e.g. 'base/*' (repeatable)",
     )
+    train.add_argument(
+        "--unfreeze",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="train layers whose path matches although the spec says trainable=false"
+        " (repeatable; applied after --freeze)",
+    )
+    then = parser.add_argument_group(
+        "fine-tuning: a second stage after the first (transfer learning)"
+    )
+    then.add_argument(
+        "--then-unfreeze",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="after the first stage, unfreeze layers whose path matches, e.g. 'base/*',"
+        " and train again (repeatable)",
+    )
+    then.add_argument(
+        "--then-epochs",
+        type=ranges.setting("epochs"),
+        metavar="N",
+        help="epochs of the second stage (default: as many as the first)",
+    )
+    then.add_argument(
+        "--then-lr",
+        type=ranges.setting("lr"),
+        metavar="RATE",
+        help="learning rate of the second stage, with a fresh optimizer of the same kind"
+        " (default: a tenth of the first stage's)",
+    )
     train.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     out = parser.add_argument_group("weights and results")
-    out.add_argument("--load", metavar="PATH", help="start from the weights in this .npz")
+    out.add_argument(
+        "--load",
+        metavar="PATH",
+        help="start from these weights: an .npz saved by cnndsl, or a Keras (.h5, .weights.h5,"
+        " .keras) or PyTorch (.safetensors, .pt, .pth) file, matched to the network by its graph",
+    )
     out.add_argument("--save", metavar="PATH", help="save the trained weights (.npz)")
     out.add_argument("--history", metavar="PATH", help="write per-epoch metrics as JSON")
     out.add_argument(
@@ -95,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--top-k",
-        type=int,
+        type=ranges.whole(1),
         default=3,
         metavar="K",
         help="classes shown per image with --predict (default 3)",
@@ -103,7 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--load-partial",
         action="store_true",
-        help="with --load, load only the weights whose name and shape fit (transfer learning)",
+        help="with --load, load only the weights that fit and keep initial values for the rest"
+        " (transfer learning)",
     )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     safe = parser.add_argument_group("checkpoints and limits")
@@ -114,10 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " steps), atomically, so --resume can continue it",
     )
     safe.add_argument(
-        "--checkpoint-every", type=_positive, metavar="N", help="also checkpoint every N steps"
+        "--checkpoint-every",
+        type=ranges.whole(1),
+        metavar="N",
+        help="also checkpoint every N steps",
     )
     safe.add_argument(
-        "--keep", type=_positive, default=3, metavar="K", help="checkpoints kept (default 3)"
+        "--keep", type=ranges.whole(1), default=3, metavar="K", help="checkpoints kept (default 3)"
     )
     safe.add_argument(
         "--resume",
@@ -127,27 +205,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     safe.add_argument(
         "--max-memory",
-        type=_size,
+        type=ranges.size,
         metavar="SIZE",
         help="memory the run may plan for, e.g. 8G or 512M (default: what is free now)",
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got '{text}'")
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,9 +224,21 @@ def run(args: argparse.Namespace) -> int:
         flag = "--resume" if args.resume else "--checkpoint-every"
         print(f"error: {flag} needs --checkpoint DIR", file=sys.stderr)
         return 2
+    if (args.then_epochs is not None or args.then_lr is not None) and not args.then_unfreeze:
+        print("error: --then-epochs and --then-lr need --then-unfreeze GLOB", file=sys.stderr)
+        return 2
+    if args.then_unfreeze and args.checkpoint:
+        print(
+            "error: --checkpoint covers one stage; run the two stages as two commands"
+            " (--save, then --load) to checkpoint both",
+            file=sys.stderr,
+        )
+        return 2
     net = load_network(args)
     with warnings.catch_warnings():
         warnings.simplefilter("always", CheckpointWarning)
+        warnings.simplefilter("always", ShortStatisticsWarning)
+        warnings.simplefilter("always", LossExplosionWarning)
         warnings.showwarning = _show_warning(warnings.showwarning)
         try:
             return _run(args, net)
@@ -171,10 +251,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show_warning(default: Any) -> Any:
-    """Checkpoint warnings as `warning: ...` lines; the others as Python shows them."""
+    """Checkpoint and training warnings as `warning: ...` lines; the others as Python shows them."""
 
     def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, CheckpointWarning):
+        if issubclass(category, (CheckpointWarning, ShortStatisticsWarning, LossExplosionWarning)):
             print(f"warning: {message}", file=sys.stderr)
         else:
             default(message, category, *args, **kwargs)
@@ -183,6 +263,9 @@ def _show_warning(default: Any) -> Any:
 
 
 def _run(args: argparse.Namespace, net: Any) -> int:
+    _check_outputs(args)  # before any work: a run is not thrown away for a bad output path
+    if args.checkpoint:  # a folder that cannot take checkpoints is refused before any work
+        check_checkpoint_folder(args.checkpoint)
     model = net.build(backend=args.backend, seed=args.seed)
     model.max_memory = args.max_memory
     if args.load:
@@ -190,32 +273,44 @@ def _run(args: argparse.Namespace, net: Any) -> int:
         print(f"{args.load}: {report.describe()}", file=sys.stderr)
     for pattern in args.freeze:
         model.freeze(pattern)
-    train = net.train
-    optimizer: Any = train.get("optimizer", model.optimizer.config)
-    if isinstance(optimizer, str):
-        optimizer = {"name": optimizer}
-    if args.optimizer and args.optimizer != optimizer.get("name"):
-        optimizer = {"name": args.optimizer}  # the spec's settings belong to another optimizer
-    model.compile(optimizer=get_optimizer(optimizer, lr=args.lr))
+    for pattern in args.unfreeze:
+        model.unfreeze(pattern)
+    # NOTE: --optimizer naming the spec's optimizer keeps the spec's settings of it.
+    optimizer = None if args.optimizer == model.settings.optimizer["name"] else args.optimizer
+    model.compile(loss=args.loss, optimizer=optimizer, metrics=args.metrics, lr=args.lr)
+    settings = model.settings.overridden(
+        data=args.data,
+        epochs=args.epochs,
+        batch=args.batch_size,
+        validation_split=args.validation_split,
+    )
     classes = _classes(net)
 
     if args.predict and args.load and args.epochs is None:
-        return _predict(args, model, net, classes)
+        return _predict(args, model, net, classes, class_names(settings.data))
 
-    data = load_data(args.data, net.input_shape, classes, test_split=args.test_split)
-    epochs = args.epochs if args.epochs is not None else model.epochs
-    batch = args.batch_size or model.batch_size
-    split = args.validation_split
-    if split is None:
-        split = float(train.get("validation_split", 0.0))
+    data = load_data(
+        settings.data,
+        net.input_shape,
+        classes,
+        test_split=args.test_split,
+        fit=image_fit(net),
+        size_params=size_params(net),
+    )
+    model.class_names = data.class_names  # saved with the weights, for --predict
+    epochs, batch = settings.epochs, settings.batch
     counts = model.count_params()
+    # NOTE: a line each for the network and data, the training, the optimizer: as one
+    # line it ran past any terminal's width.
     print(
         f"{net.name}: {counts['total']:,} parameters ({counts['trainable']:,} trainable);"
-        f" data {data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples;"
-        f" {model.loss.name}, {model.optimizer!r}, batch {batch}, {epochs} epochs",
+        f" data {data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples\n"
+        f"training: {model.loss.name}, batch {batch}, {_count(epochs, 'epoch')}\n"
+        f"optimizer: {model.optimizer!r}",
         file=sys.stderr,
     )
     callbacks: list[Callback] = [EpochLines(epochs)]
+    callbacks.append(LossExplosion(data.x_train[:32], data.y_train[:32]))  # warns once
     if not args.quiet:
         callbacks.insert(0, ProgressBar(epochs))
     history = model.fit(
@@ -223,28 +318,116 @@ def _run(args: argparse.Namespace, net: Any) -> int:
         data.y_train,
         epochs=epochs,
         batch_size=batch,
-        validation_split=split or 0.0,
+        validation_split=settings.validation_split,
         callbacks=callbacks,
         augment=None if args.no_augment else data.augment,
         checkpoint_dir=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         keep=args.keep,
         resume=args.resume,
+        verbose=0,  # the callbacks above draw the progress
     )
+    second = _second_stage(args, model, data, epochs, batch, settings.validation_split)
+    diverged = non_finite_weights(model)
+    if diverged:
+        # NOTE: the last step's update (or batchnorm's moving statistics) can turn
+        # non-finite after its loss was checked: no later step would notice.
+        kept = (
+            f"; the checkpoints in {args.checkpoint} hold only finite weights"
+            if args.checkpoint
+            else ""
+        )
+        raise ModelError(
+            "training diverged: after the last step the weights hold NaN or infinite values"
+            f" ({', '.join(diverged[:3])}{', ...' if len(diverged) > 3 else ''});"
+            f" nothing was saved{kept}; lower the learning rate"
+        )
     result = model.evaluate(data.x_test, data.y_test, batch)
     print("test " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    # NOTE: the weights first: they are the run's work; a history can be made again.
+    if args.save:
+        _save_weights(model, args.save, args.checkpoint)
+        print(f"saved weights to {args.save}", file=sys.stderr)
     if args.history:
         payload = {**history.to_json(), "test": result, "spec": net.name, "data": data.name}
+        if second is not None:
+            payload["then"] = {**second.to_json(), "unfreeze": args.then_unfreeze}
         _write_text(args.history, json.dumps(payload, indent=2) + "\n")
-    if args.save:
-        try:
-            model.save(args.save)
-        except OSError as e:
-            raise ModelError(f"{args.save}: cannot write the weights ({e.strerror or e})") from None
-        print(f"saved weights to {args.save}", file=sys.stderr)
     if args.predict:
         return _predict(args, model, net, classes, data.class_names)
     return 0
+
+
+def _second_stage(
+    args: argparse.Namespace, model: Any, data: Any, epochs: int, batch: int, split: float
+) -> Any:
+    """Fine-tuning: unfreeze --then-unfreeze, train --then-epochs at --then-lr; its History."""
+    if not args.then_unfreeze:
+        return None
+    for pattern in args.then_unfreeze:
+        model.unfreeze(pattern)
+    lr = args.then_lr if args.then_lr is not None else model.optimizer.lr / 10
+    # NOTE: a fresh optimizer (no momentum carried over), as Keras' recompile in the book.
+    model.compile(optimizer=model.optimizer, lr=lr)
+    then_epochs = args.then_epochs if args.then_epochs is not None else epochs
+    counts = model.count_params()
+    print(
+        f"fine-tuning: {counts['trainable']:,} of {counts['total']:,} parameters trainable;"
+        f" {model.optimizer!r}, {then_epochs} epochs",
+        file=sys.stderr,
+    )
+    callbacks: list[Callback] = [EpochLines(then_epochs, "fine-tune ")]
+    if not args.quiet:
+        callbacks.insert(0, ProgressBar(then_epochs, "fine-tune "))
+    return model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=then_epochs,
+        batch_size=batch,
+        validation_split=split,
+        callbacks=callbacks,
+        augment=None if args.no_augment else data.augment,
+        verbose=0,
+    )
+
+
+def image_fit(net: Any) -> str:
+    """How images are fitted to the input: as the network's `preprocess` says, else stretch."""
+    for layer in net.layers:
+        fit = OPS[layer.op].input_preparation(layer.attrs).get("image_fit")
+        if fit is not None:
+            return fit
+    return "stretch"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def size_params(net: Any) -> list[str]:
+    """The network's whole-number parameters whose value is its input's height or width.
+
+    What `--set NAME=...` resizes the input with, for a data-shape error to suggest;
+    a guess by value (`size=224` for a [224, 224, 3] input), never a name it lacks.
+    """
+    spatial = tuple(net.input_shape[:2])
+    return [
+        name
+        for name, value in net.params.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value in spatial
+    ]
+
+
+def output_names(model: Any, classes: int | None, names: list[str] | None) -> list[str] | None:
+    """Names of the output classes: the weights', else the data's, else ImageNet's for 1,000.
+
+    Names count only when there is one per class (digits' ten do not name a
+    flowers model), as Keras' decode_predictions takes any 1,000 outputs as ImageNet's.
+    """
+    for candidate in (model.class_names, names):
+        if candidate and len(candidate) == classes:
+            return list(candidate)
+    return imagenet.class_names() if classes == imagenet.CLASSES else None
 
 
 def _classes(net: Any) -> int | None:
@@ -260,10 +443,10 @@ def _predict(
     model: Any,
     net: Any,
     classes: int | None,
-    names: list[str] | None = None,
+    names: list[str] | None,
 ) -> int:
-    names = names or class_names(args.data)
-    x = load_images(args.predict, net.input_shape)
+    names = output_names(model, classes, names)
+    x = load_images(args.predict, net.input_shape, fit=image_fit(net))
     probs = model.predict(x)
     k = max(1, args.top_k)
     for path, p in zip(args.predict, probs, strict=True):
@@ -278,99 +461,45 @@ def _predict(
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse --save and --history paths that could not be written, before any work."""
+    for option, path in (("--save", args.save), ("--history", args.history)):
+        if path:
+            try:
+                check_output_path(path)
+            except UnwritableOutput as e:
+                raise ModelError(f"{option} {e}") from None
+
+
+def _save_weights(model: Any, path: str, checkpoint: str | None) -> None:
+    """Save the trained weights; if that fails, keep them elsewhere and say where."""
+    try:
+        model.save(path)
+        return
+    except OSError as e:
+        reason = e.strerror or str(e)
+    # NOTE: the work must not be lost to a full disk or a folder removed meanwhile.
+    for folder in (checkpoint, tempfile.gettempdir()):
+        if not folder or not os.path.isdir(folder):
+            continue
+        try:
+            fd, kept = tempfile.mkstemp(dir=folder, prefix="cnndsl-unsaved-", suffix=".npz")
+            os.close(fd)
+            model.save(kept)
+        except OSError:
+            continue
+        raise ModelError(
+            f"{path}: cannot write the weights ({reason}); they were kept in {kept}:"
+            " move them where they belong"
+        )
+    raise ModelError(f"{path}: cannot write the weights ({reason}), nor keep them elsewhere")
+
+
 def _write_text(path: str, text: str) -> None:
     try:
-        Path(path).write_text(text)
+        write_atomic(path, text)  # a full disk leaves the old file, not an empty one
     except OSError as e:
-        raise ModelError(f"{path}: cannot write ({e.strerror})") from None
+        raise ModelError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-# ---- progress ----
-
-
-class EpochLines(Callback):
-    """One line per epoch on stdout: loss, metrics, validation, time and throughput."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-        self.samples = 0
-
-    def on_train_begin(self, logs: dict[str, Any]) -> None:
-        if "resumed_from" in logs:
-            print(f"resuming from {logs['resumed_from']}", file=sys.stderr, flush=True)
-
-    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
-        self.samples = int(logs["samples"])
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        seconds = logs.get("seconds", 0.0)
-        values = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "seconds")
-        rate = self.samples / seconds if seconds > 0 else math.inf
-        width = len(str(self.epochs))
-        print(
-            f"epoch {epoch + 1:>{width}}/{self.epochs}  {values}  ({seconds:.1f} s,"
-            f" {rate:,.0f} samples/s)",
-            flush=True,
-        )
-
-
-class ProgressBar(Callback):
-    """A rich progress bar per epoch on stderr: loss, accuracy, samples/s, ETA."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-        self.progress: Any = None
-        self.task: Any = None
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{self.epochs}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=None, metrics="", rate="")
-        self.start = time.perf_counter()
-
-    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
-        if self.progress is None:
-            return
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        shown = "  ".join(
-            f"{k} {v:.4f}" for k, v in logs.items() if k not in ("samples", "total", "seconds")
-        )
-        self.progress.update(
-            self.task,
-            completed=logs["samples"],
-            total=logs["total"],
-            metrics=shown,
-            rate=f"{logs['samples'] / seconds:,.0f} samples/s",
-        )
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def on_train_end(self, logs: dict[str, Any]) -> None:
-        self.on_epoch_end(0, logs)
-
-
-__all__ = ["EpochLines", "ProgressBar", "add_arguments", "run"]
+__all__ = ["EpochLines", "ProgressBar", "add_arguments", "run", "size_params"]

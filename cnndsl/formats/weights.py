@@ -3,9 +3,16 @@
 Input: a built `Model`. Output: an .npz with one array per weight, keyed
 'layer/path:weight' (batchnorm's moving statistics included), written
 atomically; or host arrays in `get_weights` order (Keras layouts and order).
-Reading never unpickles (`allow_pickle=False`). A file that is not ours,
+Besides the weights, the .npz may hold `class_names` (a 1-D string array:
+what `Model.class_names` names, e.g. a folder's classes), which `--predict`
+prints. Reading never unpickles (`allow_pickle=False`). A file that is not ours,
 truncated, corrupt, pickled or of the wrong shapes raises ModelError naming
 the file, the problem and the fix.
+
+`load_weights` also reads other frameworks' files, told apart by content:
+Keras (legacy HDF5, `.weights.h5`, `.keras`: cnndsl.formats.keras_h5) and
+PyTorch state dicts (`.safetensors`, `.pt`/`.pth`: cnndsl.formats.torch_state),
+their layers matched to ours by the graph (cnndsl.formats.weight_matching).
 """
 
 from __future__ import annotations
@@ -19,11 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnndsl.formats.keras_h5 import read_keras
 from cnndsl.formats.npz import NpzProblem, read_arrays
+from cnndsl.formats.torch_state import read_safetensors, read_torch
+from cnndsl.formats.weight_matching import Matching, match, misfits, targets_of
+from cnndsl.formats.weight_sources import WeightSource, detect_format, load_mapping
 from cnndsl.runtime.executor import ModelError
 
 if TYPE_CHECKING:
     from cnndsl.training.model import Model
+
+
+# NOTE: weight keys are 'layer/path:weight'; a key without ':' is never a weight.
+CLASS_NAMES_KEY = "class_names"
 
 
 @dataclass
@@ -36,6 +51,10 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=list
     )  # (key, shape in file, shape in model)
+    class_names: list[str] | None = None  # the file's, when they fit the network's outputs
+    # Another framework's file: its format, and for each weight loaded, where it came from.
+    source: str = ""
+    origins: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -45,6 +64,8 @@ class LoadReport:
     def describe(self) -> str:
         """One line per problem, for the CLI."""
         lines = [f"loaded {len(self.loaded)} weight arrays"]
+        if self.source:
+            lines[0] += f" from a {self.source} file, matched by the graph"
         lines += [
             f"shape mismatch {k}: file {list(a)}, model {list(b)}" for k, a, b in self.mismatched
         ]
@@ -52,7 +73,14 @@ class LoadReport:
             lines.append(f"not in file (kept initial values): {', '.join(self.missing)}")
         if self.unexpected:
             lines.append(f"in file but not in model (ignored): {', '.join(self.unexpected)}")
+        if self.class_names:
+            shown = ", ".join(self.class_names[:5]) + (", ..." if len(self.class_names) > 5 else "")
+            lines.append(f"class names: {shown} ({len(self.class_names)})")
         return "\n".join(lines)
+
+    def describe_origins(self) -> str:
+        """One line per weight loaded: our key <- the file's name (and how it was rearranged)."""
+        return "\n".join(f"{k} <- {self.origins.get(k, k)}" for k in self.loaded)
 
 
 # ---- Keras-layout lists ----
@@ -142,23 +170,61 @@ def read_npz(
             " can run code); save plain arrays with Model.save or np.savez",
             "bad_value": f"{path}: corrupt .npz ({problem.detail}); {fix}",
             "corrupt": f"{path}: truncated or corrupt .npz ({problem.detail}); {fix}",
+            "too_large": f"{path}: refused: {problem.detail}; save it uncompressed (np.savez)",
         }
         raise ModelError(messages[problem.kind]) from None
 
 
-def save_weights(model: Model, path: str | os.PathLike[str]) -> None:
-    """Write every weight to an .npz ('layer/path:weight' keys), atomically."""
-    write_npz(path, {k: model.backend.to_host(v) for k, v in model.params.items()})
+def save_weights(model: Model, path: str | os.PathLike[str], force: bool = False) -> None:
+    """Write every weight to an .npz ('layer/path:weight' keys), and the class names, atomically.
 
-
-def load_weights(model: Model, path: str | os.PathLike[str], strict: bool = False) -> LoadReport:
-    """Copy every weight whose key and shape match from an .npz; report the rest.
-
-    With strict=True any mismatch raises ModelError and nothing is changed; so
-    does a file none of whose weights fit (not weights of this network).
+    Weights holding NaN or infinity (a run that diverged) are refused with
+    ModelError, so a broken file is never saved as if it were good; force=True
+    writes them anyway (to inspect them).
     """
+    from cnndsl.training.guards import non_finite_weights
+
+    bad = [] if force else non_finite_weights(model)
+    if bad:
+        raise ModelError(
+            f"{os.fspath(path)}: not saved: weights hold NaN or infinite values"
+            f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the training diverged;"
+            " lower the learning rate (save_weights(..., force=True) writes them anyway)"
+        )
+    arrays = {k: model.backend.to_host(v) for k, v in model.params.items()}
+    if model.class_names:
+        arrays[CLASS_NAMES_KEY] = np.array([str(n) for n in model.class_names], dtype=str)
+    write_npz(path, arrays)
+
+
+def load_weights(
+    model: Model,
+    path: str | os.PathLike[str],
+    strict: bool | None = None,
+    mapping: str | os.PathLike[str] | dict[str, str] | None = None,
+) -> LoadReport:
+    """Load weights from our .npz or another framework's file (told by content); report.
+
+    Our .npz: weights whose key and shape match are copied, the rest reported
+    (strict=None or False); with strict=True any mismatch raises ModelError
+    and nothing is changed; so does a file none of whose weights fit.
+    Keras and PyTorch files: layers are matched by the graph (see
+    cnndsl.formats.weight_matching), `mapping` (a JSON file or dict: our
+    weight key or layer path -> the file's name) settling what that cannot;
+    anything missing, left over or mismatched raises ModelError unless
+    strict=False (a partial load, reported).
+    """
+    kind = detect_format(os.fspath(path))
+    if kind not in ("npz", "unknown"):
+        return _load_foreign(model, os.fspath(path), kind, strict is not False, mapping)
+    if mapping is not None:
+        raise ModelError(
+            f"{os.fspath(path)}: a mapping file is for other frameworks' weights (Keras,"
+            " PyTorch); our .npz files are keyed by layer path already"
+        )
     stored = read_npz(path)
-    report = LoadReport()
+    names = _class_names(path, stored.pop(CLASS_NAMES_KEY, None), model)
+    report = LoadReport(class_names=names)
     for key, spec in model.specs.items():
         if key not in stored:
             report.missing.append(key)
@@ -195,15 +261,108 @@ def load_weights(model: Model, path: str | os.PathLike[str], strict: bool = Fals
             )
     for key in report.loaded:
         model._assign(key, stored[key])
+    if names is not None:
+        model.class_names = names
     return report
 
 
+def read_source(path: str, kind: str) -> WeightSource:
+    """Another framework's weight file as layers, by the kind detect_format told."""
+    if kind in ("hdf5", "keras"):
+        return read_keras(path, kind)
+    if kind == "safetensors":
+        return read_safetensors(path)
+    return read_torch(path)
+
+
+def _load_foreign(
+    model: Model,
+    path: str,
+    kind: str,
+    strict: bool,
+    mapping: str | os.PathLike[str] | dict[str, str] | None,
+) -> LoadReport:
+    """Match a Keras or PyTorch file's layers to ours; copy them unless something misfits."""
+    source = read_source(path, kind)
+    targets = targets_of(model)
+    found = match(source, targets, load_mapping(mapping) if mapping is not None else None)
+    report = _foreign_report(model, source, found)
+    if not report.loaded:
+        raise ModelError(
+            f"{path}: not weights of this network: none of the {len(source.layers)} layers"
+            f" with weights in this {source.format} file fits one of its layers\n"
+            + "\n".join(misfits(source, targets, found))
+        )
+    if strict and not report.complete:
+        raise ModelError(
+            f"{path} ({source.format}) does not fit this network: matched"
+            f" {len(found.layers)} of its {len(targets)} layers with weights\n"
+            + "\n".join(misfits(source, targets, found))
+            + "\npass weights of this network, name what matching cannot find in a mapping"
+            " file (--map), or load only the layers that fit with --load-partial"
+            " (weights convert --partial; Model.load(path, strict=False))"
+        )
+    for key in report.loaded:
+        value = found.arrays[key][1]
+        if value.dtype.kind not in "fiu":
+            raise ModelError(
+                f"{path}: {report.origins[key]} (for {key}) holds {value.dtype} values, not"
+                " numbers; pass a weights file of numeric arrays"
+            )
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ModelError(
+                f"{path}: {report.origins[key]} (for {key}) holds NaN or infinite values;"
+                " pass weights of a model that trained well"
+            )
+    for key in report.loaded:
+        model._assign(key, found.arrays[key][1])
+    return report
+
+
+def _foreign_report(model: Model, source: WeightSource, found: Matching) -> LoadReport:
+    """The LoadReport of a match: each weight's origin, what is missing and left over."""
+    report = LoadReport(source=source.format)
+    for key in model.specs:
+        if key in found.arrays:
+            report.loaded.append(key)
+            report.origins[key] = found.arrays[key][0]
+        else:
+            report.missing.append(key)
+    report.unexpected = [n for layer in found.unused for n in layer.names] + found.unused_weights
+    return report
+
+
+def output_classes(model: Model) -> int | None:
+    """Classes the output scores (2 for one sigmoid unit); None for an output not a vector."""
+    shape = model.plan.steps[model.plan.outputs[0]].shape or ()
+    if len(shape) != 1:
+        return None
+    return 2 if shape[0] == 1 else int(shape[0])
+
+
+def _class_names(path: Any, stored: np.ndarray | None, model: Model) -> list[str] | None:
+    """The file's class names if it has some that fit the model's outputs, else None."""
+    if stored is None:
+        return None
+    if stored.dtype.kind != "U" or stored.ndim != 1:
+        raise ModelError(
+            f"{os.fspath(path)}: '{CLASS_NAMES_KEY}' holds {stored.dtype} values of shape"
+            f" {list(stored.shape)}, not a list of names; pass a file written by"
+            " `cnndsl run --save` or Model.save"
+        )
+    # NOTE: a file trained for other classes (transfer learning) lends its weights, not its names.
+    return [str(n) for n in stored] if len(stored) == output_classes(model) else None
+
+
 __all__ = [
+    "CLASS_NAMES_KEY",
     "LoadReport",
     "fsync_folder",
     "get_weights",
     "load_weights",
+    "output_classes",
     "read_npz",
+    "read_source",
     "save_weights",
     "set_weights",
     "write_npz",

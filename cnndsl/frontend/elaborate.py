@@ -24,43 +24,22 @@ from collections.abc import Callable
 from typing import Any
 
 from cnndsl.frontend import syntax as ast
-from cnndsl.frontend.emit import MAX_ELEMENTS, Frame
+from cnndsl.frontend.emit import MAX_ELEMENTS, Frame, refused
 from cnndsl.frontend.expressions import ExpressionElaborator
 from cnndsl.frontend.imports import FileScope, Loader
 from cnndsl.frontend.values import (
     BUDGET_NAMES,
     MAX_LAYERS,
-    TRAIN_SETTINGS,
     LayerRef,
     Tensor,
     kind_of,
+    train_section,
 )
 from cnndsl.ir import Graph, Scope
-from cnndsl.ops.attrs import show
+from cnndsl.ops.attrs import Signature, show
+from cnndsl.ops.errors import AttrError
 from cnndsl.source import CnnError, Span, error, near_names
 
-KEYWORDS = frozenset(
-    [
-        "network",
-        "block",
-        "input",
-        "return",
-        "if",
-        "else",
-        "for",
-        "in",
-        "assert",
-        "import",
-        "defaults",
-        "train",
-        "budget",
-        "and",
-        "or",
-        "not",
-        "true",
-        "false",
-    ]
-)
 MAX_DEPTH = 64  # nested block calls
 
 
@@ -91,9 +70,7 @@ class Elaborator(ExpressionElaborator):
         """Elaborate a network with some parameters overridden."""
         frame = Frame(scope, "", (), True)
         frame.defaults = self._file_defaults(scope)
-        self._bind_params(
-            frame, definition, dict(overrides), None, definition.span, overridable=True
-        )
+        self._bind_params(frame, definition, dict(overrides), None, definition.span)
         meta = self.graph.meta
         meta.update(
             name=definition.name,
@@ -164,6 +141,7 @@ class Elaborator(ExpressionElaborator):
             self._exec(frame, stmt)
 
     def _exec(self, frame: Frame, stmt: ast.Stmt) -> None:
+        self.count_step(stmt.span)
         handler = self.STATEMENTS[type(stmt)]
         handler(self, frame, stmt)
 
@@ -220,7 +198,7 @@ class Elaborator(ExpressionElaborator):
     def _assert(self, frame: Frame, stmt: ast.Assert) -> None:
         if not self._truth(self.value_of(frame, stmt.test), stmt.test.span):
             message = self.value_of(frame, stmt.message) if stmt.message else "assertion failed"
-            raise error("E040", f"assertion failed: {message}", stmt.test.span)
+            raise error("E040", f"assertion failed: {show(message)}", stmt.test.span)
 
     def _defaults(self, frame: Frame, stmt: ast.Defaults) -> None:
         frame.defaults = {**frame.defaults}
@@ -230,18 +208,12 @@ class Elaborator(ExpressionElaborator):
     def _train(self, frame: Frame, stmt: ast.Train) -> None:
         if frame.prefix or frame.block_input is not None:
             raise error("E070", "`train {}` belongs in a network, not a block", stmt.span)
-        settings: dict[str, Any] = {}
+        if self.graph.meta.get("train"):
+            raise error("E070", "a network has one `train {}` section; this is a second", stmt.span)
         train_frame = Frame(frame.file, "", (), True, bindings=frame.bindings, in_train=True)
-        for s in stmt.settings:
-            if s.name not in TRAIN_SETTINGS:
-                raise error(
-                    "E071",
-                    f"unknown train setting '{s.name}'" + near_names(s.name, TRAIN_SETTINGS),
-                    s.span,
-                    "note: settings: " + ", ".join(sorted(TRAIN_SETTINGS)),
-                )
-            settings[s.name] = TRAIN_SETTINGS[s.name](self.value_of(train_frame, s.value), s.span)
-        self.graph.meta["train"] = settings
+        self.graph.meta["train"] = train_section(
+            stmt.settings, lambda expr: self.value_of(train_frame, expr)
+        )
 
     def _budget(self, frame: Frame, stmt: ast.Budget) -> None:
         limits = []
@@ -275,25 +247,13 @@ class Elaborator(ExpressionElaborator):
 
     # ---- defaults and blocks ----
     def _defaults_values(self, frame: Frame, stmt: ast.Defaults) -> dict[str, Any]:
-        positional_names = self._arg_names(stmt.op, frame, stmt.span)
-        values: dict[str, Any] = {}
-        for i, arg in enumerate(stmt.args):
-            value = self.value_of(frame, arg.value)
-            if arg.name is None:
-                if i >= len(positional_names):
-                    raise error("E012", f"too many positional defaults for {stmt.op}", arg.span)
-                values[positional_names[i]] = value
-            else:
-                values[arg.name] = value
-        accepted = self._accepted_args(stmt.op, frame)
-        for name in values:
-            if name not in accepted:
-                raise error(
-                    "E011",
-                    f"{stmt.op} has no argument '{name}'" + near_names(name, accepted),
-                    stmt.span,
-                )
-        return values
+        """The arguments of a `defaults` statement by name, bound as a call of its op or block."""
+        signature = self._signature(stmt.op, frame, stmt.span)
+        positional, kwargs = self._arguments(frame, stmt.args)
+        try:
+            return signature.bind([value for value, _ in positional], kwargs)
+        except AttrError as exc:
+            raise refused(exc, stmt.span) from None
 
     def _file_defaults(self, scope: FileScope) -> dict[str, dict[str, Any]]:
         frame = Frame(scope, "", (), True)
@@ -334,7 +294,7 @@ class Elaborator(ExpressionElaborator):
             inputs[0],
         )
         inner.defaults = self._file_defaults(owner)
-        self._bind_params(inner, definition, dict(ref.kwargs), frame, span, overridable=False)
+        self._bind_params(inner, definition, dict(ref.kwargs), frame, span)
         self.stack.append(ref.name)
         try:
             result = self._run_body(inner, definition, require_return=True)
@@ -355,31 +315,27 @@ class Elaborator(ExpressionElaborator):
         given: dict[str, Any],
         caller: Frame | None,
         span: Span,
-        overridable: bool,
     ) -> None:
-        names = [p.name for p in definition.params]
-        for key in given:
-            if key not in names:
-                what = "network" if overridable else "block"
-                raise error(
-                    "E011",
-                    f"{what} '{definition.name}' has no parameter '{key}'" + near_names(key, names),
-                    span,
-                    f"note: parameters: {', '.join(names) or 'none'}",
-                )
+        """Bind a block's or network's parameters in `frame`: given values, else defaults.
+
+        A default is an expression, evaluated in order, so it may read the
+        parameters before it. A missing one is reported at the call, or at the
+        parameter when a network is compiled without it.
+        """
+        # NOTE: no keyword check here: the parser reserves keywords, so no parameter is one.
+        names = tuple(p.name for p in definition.params)
+        signature = Signature(f"{definition.kind} '{definition.name}'", names, noun="parameter")
+        try:
+            values = signature.bind((), given)
+        except AttrError as exc:
+            raise refused(exc, span) from None
         for p in definition.params:
-            if p.name in KEYWORDS:
-                raise error("E054", f"'{p.name}' is a keyword", p.span)
-            if p.name in given:
-                frame.bindings[p.name] = given[p.name]
+            if p.name in values:
+                frame.bindings[p.name] = values[p.name]
             elif p.default is not None:
                 frame.bindings[p.name] = self.value_of(frame, p.default)
             else:
-                raise error(
-                    "E012",
-                    f"{definition.kind} '{definition.name}' needs parameter '{p.name}'",
-                    span if caller else p.span,
-                )
+                raise refused(signature.missing(p.name), span if caller else p.span)
 
 
 def with_partial(exc: CnnError, graph: Graph, sources: dict[str, str]) -> CnnError:
@@ -390,7 +346,6 @@ def with_partial(exc: CnnError, graph: Graph, sources: dict[str, str]) -> CnnErr
 
 
 __all__ = [
-    "KEYWORDS",
     "MAX_DEPTH",
     "MAX_ELEMENTS",
     "Elaborator",

@@ -29,11 +29,17 @@ from cnndsl.frontend.imports import FileScope
 from cnndsl.frontend.values import LayerRef, Symbol, Tensor, plain, valid_label
 from cnndsl.ir import Graph, Layer, Scope
 from cnndsl.ops import OPS
-from cnndsl.ops.attrs import show
+from cnndsl.ops.attrs import Signature, show
 from cnndsl.ops.errors import AttrError, ShapeError
 from cnndsl.source import CnnError, Span, error, near_names
 
 MAX_ELEMENTS = 2**34  # per tensor or per layer's weights: 64 GiB of float32
+LAYER_OPTIONS = ("name", "trainable")  # arguments every layer call takes besides its own
+
+
+def refused(exc: AttrError, span: Span | None) -> CnnError:
+    """The diagnostic for a refused argument, under the code the refusal carries."""
+    return error(exc.code, exc.message, span, *exc.notes)
 
 
 # NOTE: Frame lives in the bottom module of the stage because statements,
@@ -80,25 +86,21 @@ class LayerBuilder(ABC):
         """Run a block's body on one input tensor and return the tensor it returns."""
 
     # ---- binding a call's arguments ----
-    def _arg_names(self, name: str, frame: Frame, span: Span) -> tuple[str, ...]:
+    def _signature(self, name: str, frame: Frame, span: Span) -> Signature:
+        """How a call of op or block `name` names its arguments, name= and trainable= included."""
         if name in OPS:
-            return OPS[name].args
+            return OPS[name].signature(*LAYER_OPTIONS)
         if name in frame.file.names:
             definition, _ = frame.file.names[name]
             if definition.kind == "block":
-                return tuple(p.name for p in definition.params)
+                params = tuple(p.name for p in definition.params)
+                return Signature(name, (*params, *LAYER_OPTIONS), params)
             raise error("E018", f"'{name}' is a network; only ops and blocks are layers", span)
         raise error(
             "E010",
             f"unknown op or block '{name}'" + near_names(name, [*OPS, *frame.file.names]),
             span,
         )
-
-    def _accepted_args(self, name: str, frame: Frame) -> list[str]:
-        if name in OPS:
-            return [*OPS[name].attrs, "name", "trainable"]
-        definition, _ = frame.file.names[name]
-        return [*(p.name for p in definition.params), "name", "trainable"]
 
     def _make_ref(
         self,
@@ -109,23 +111,20 @@ class LayerBuilder(ABC):
         kwargs: dict[str, Any] | None = None,
         args: tuple[ast.Arg, ...] = (),
     ) -> LayerRef:
-        """Configure an op or block: positional to named, then defaults under explicit."""
-        names = self._arg_names(name, frame, span)
-        kind = "op" if name in OPS else "block"
-        if len(positional) > len(names):
-            raise error(
-                "E012",
-                f"{name} takes at most {len(names)} positional argument"
-                f"{'s' if len(names) != 1 else ''} ({', '.join(names) or 'none'}),"
-                f" got {len(positional)}",
-                span,
-            )
-        explicit = dict(zip(names, positional, strict=False))
-        for key, value in (kwargs or {}).items():
-            if key in explicit:
-                arg_span = next((a.span for a in args if a.name == key), span)
-                raise error("E016", f"argument '{key}' given twice (also positionally)", arg_span)
-            explicit[key] = value
+        """Configure an op or block: positional to named, then defaults under explicit.
+
+        `args` are the written arguments that `positional` and `kwargs` came
+        from (tensor operands left out), for pointing at the one at fault.
+        """
+        signature = self._signature(name, frame, span)
+        positional_spans = [a.span for a in args if a.name is None]
+        arg_spans = [*zip(signature.positional, positional_spans, strict=False)]
+        arg_spans += [(a.name, a.span) for a in args if a.name is not None]
+        try:
+            explicit = signature.bind(positional, kwargs)
+        except AttrError as exc:
+            # A name given twice points at its keyword, which comes last.
+            raise refused(exc, dict(arg_spans).get(exc.attr or "", span)) from None
         label = explicit.pop("name", None)
         trainable = explicit.pop("trainable", True)
         if label is not None and not (isinstance(label, str) and valid_label(label)):
@@ -136,23 +135,11 @@ class LayerBuilder(ABC):
             )
         if not isinstance(trainable, bool):
             raise error("E019", f"trainable= must be true or false, not {show(trainable)}", span)
+        # `defaults` statements were bound against the same signature when they ran.
         merged = {**frame.defaults.get(name, {}), **explicit}
-        merged.pop("name", None)
-        merged.pop("trainable", None)
-        accepted = self._accepted_args(name, frame)
-        for key in merged:
-            if key not in accepted:
-                arg_span = next((a.span for a in args if a.name == key), span)
-                raise error(
-                    "E011",
-                    f"{name} has no argument '{key}'" + near_names(key, accepted),
-                    arg_span,
-                    f"note: {name} takes: {', '.join(accepted)}",
-                )
-        arg_spans = [
-            (n, a.span) for n, a in zip(names, [a for a in args if a.name is None], strict=False)
-        ]
-        arg_spans += [(a.name, a.span) for a in args if a.name is not None]
+        for option in LAYER_OPTIONS:
+            merged.pop(option, None)
+        kind = "op" if name in OPS else "block"
         return LayerRef(
             kind, name, tuple(merged.items()), span, 1, label, trainable, tuple(arg_spans)
         )
@@ -209,11 +196,11 @@ class LayerBuilder(ABC):
         except AttrError as exc:
             value = kwargs.get(exc.attr) if exc.attr else None
             where = dict(ref.arg_spans).get(exc.attr or "", span) if ref else span
-            if isinstance(value, Symbol) and "did you mean" not in exc.message:
+            # A bare name the op refuses, and that is not close to one of its
+            # options, was most likely meant as a variable.
+            if isinstance(value, Symbol) and exc.suggestion is None:
                 raise self._undefined(frame, value, where) from None
-            raise error(
-                "E011" if "has no argument" in exc.message else "E012", exc.message, where
-            ) from None
+            raise refused(exc, where) from None
         return self._emit(op, attrs, inputs, label, frame, op, span, trainable)
 
     def _emit(
@@ -282,7 +269,7 @@ class LayerBuilder(ABC):
     def _shape_error(
         self, op: str, exc: ShapeError, inputs: list[Tensor], span: Span | None
     ) -> CnnError:
-        code = "E031" if op in ("add", "multiply", "concat") else "E041"
+        code = "E031" if OPS[op].family == "merge" else "E041"
         notes = self._origins(inputs)
         if exc.working:
             notes = [f"working: {exc.working}", *notes]

@@ -28,6 +28,8 @@ from cnndsl.frontend.values import (
     ARITH,
     BUILTINS,
     COMPARE,
+    MAX_STEPS,
+    MAX_STRING,
     TENSOR_ATTRS,
     Config,
     LayerRef,
@@ -40,12 +42,59 @@ from cnndsl.frontend.values import (
 from cnndsl.ops import OPS
 from cnndsl.source import Span, error, near_names
 
+# The op each tensor operator stands for (`a + b` is add): `Op.infix`.
+INFIX = {op.infix: name for name, op in OPS.items() if op.infix}
+
 
 class ExpressionElaborator(LayerBuilder):
     """Computes the compile-time value of an expression, applying the layers it calls."""
 
+    def __init__(self, max_layers: int, max_steps: int = MAX_STEPS) -> None:
+        super().__init__(max_layers)
+        self.steps = 0  # expressions evaluated and statements run so far
+        self.max_steps = max_steps
+        # Values counted in leaves: a list holding one list twice holds its items
+        # twice. Keyed by id, holding the value so that the id stays its own.
+        self._leaves: dict[int, tuple[Any, int]] = {}
+
+    def leaves(self, value: Any) -> int:
+        """How many scalars a value holds, nested lists and tuples counted in full."""
+        if not isinstance(value, (list, tuple)):
+            return 1
+        known = self._leaves.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        count = sum(self.leaves(v) for v in value)
+        self._leaves[id(value)] = (value, count)
+        return count
+
+    def _bounded(self, value: list[Any] | tuple[Any, ...], span: Span) -> Any:
+        """A list or tuple just built, charged to the work budget and held to the size limit."""
+        self.count_step(span, len(value))
+        count = self.leaves(value)
+        if count > self.max_layers:
+            raise error(
+                "E090",
+                f"a list holding {count:,} items (nested lists counted in full)"
+                f" exceeds the limit of {self.max_layers:,}",
+                span,
+            )
+        return value
+
+    def count_step(self, span: Span, cost: int = 1) -> None:
+        """`cost` units of elaboration work; E093 at `span` once the work budget is spent."""
+        self.steps += cost
+        if self.steps > self.max_steps:
+            raise error(
+                "E093",
+                f"elaboration ran past its work budget of {self.max_steps:,} steps"
+                " (expressions evaluated and statements run); a loop runs too long",
+                span,
+            )
+
     def value_of(self, frame: Frame, expr: ast.Expr) -> Any:
         """The compile-time value of an expression."""
+        self.count_step(expr.span)
         return self.EXPRESSIONS[type(expr)](self, frame, expr)
 
     def _name(self, frame: Frame, expr: ast.Name) -> Any:
@@ -72,18 +121,18 @@ class ExpressionElaborator(LayerBuilder):
         return expr.value
 
     def _tuple(self, frame: Frame, expr: ast.TupleExpr) -> Any:
-        return tuple(self.value_of(frame, e) for e in expr.items)
+        return self._bounded(tuple(self.value_of(frame, e) for e in expr.items), expr.span)
 
     def _list(self, frame: Frame, expr: ast.ListExpr) -> Any:
-        return [self.value_of(frame, e) for e in expr.items]
+        return self._bounded([self.value_of(frame, e) for e in expr.items], expr.span)
 
     def _binop(self, frame: Frame, expr: ast.BinOp) -> Any:
         a = self.value_of(frame, expr.left)
         b = self.value_of(frame, expr.right)
         self._no_symbol(frame, a, expr.left)
         self._no_symbol(frame, b, expr.right)
-        if isinstance(a, Tensor) and isinstance(b, Tensor) and expr.op in ("+", "*"):
-            op = "add" if expr.op == "+" else "multiply"
+        if isinstance(a, Tensor) and isinstance(b, Tensor) and expr.op in INFIX:
+            op = INFIX[expr.op]
             return self._emit_checked(op, {}, [a, b], None, frame, expr.span)
         if expr.op == "*" and isinstance(a, LayerRef) and is_int(b):
             return self._repeat(a, b, expr)
@@ -94,8 +143,11 @@ class ExpressionElaborator(LayerBuilder):
         if expr.op == "*" and isinstance(b, list) and is_int(a):
             return self._list_times(b, a, expr)
         if expr.op == "+" and isinstance(a, list) and isinstance(b, list):
-            return a + b
+            self._check_size(len(a) + len(b), self.max_layers, "a list of {:,} items", expr)
+            return self._bounded(a + b, expr.span)
         if expr.op == "+" and isinstance(a, str) and isinstance(b, str):
+            self._check_size(len(a) + len(b), MAX_STRING, "a string of {:,} characters", expr)
+            self.count_step(expr.span, len(a) + len(b))
             return a + b
         if is_num(a) and is_num(b):
             return self._arith(expr.op, a, b, expr)
@@ -121,6 +173,11 @@ class ExpressionElaborator(LayerBuilder):
             ref.arg_spans,
         )
 
+    def _check_size(self, size: int, limit: int, what: str, expr: ast.BinOp) -> None:
+        """E090 when a value `+` would build is past its size limit (doubling in a loop)."""
+        if size > limit:
+            raise error("E090", f"{what.format(size)} exceeds the limit of {limit:,}", expr.span)
+
     def _list_times(self, items: list[Any], n: int, expr: ast.BinOp) -> list[Any]:
         if len(items) * max(n, 0) > self.max_layers:
             raise error(
@@ -128,7 +185,7 @@ class ExpressionElaborator(LayerBuilder):
                 f"a list of {len(items) * n} items exceeds the limit of {self.max_layers}",
                 expr.span,
             )
-        return items * n
+        return self._bounded(items * n, expr.span)
 
     def _arith(self, op: str, a: Any, b: Any, expr: ast.BinOp) -> Any:
         if op in ("/", "//", "%") and b == 0:
@@ -142,7 +199,10 @@ class ExpressionElaborator(LayerBuilder):
             and (math.log2(abs(a)) + math.log2(abs(b)) > 62)
         ):
             raise error("E035", "number too large (more than 2^62)", expr.span)
-        return ARITH[op](a, b)
+        try:
+            return ARITH[op](a, b)
+        except OverflowError:  # an int too large to become a float, in `/` or with a float
+            raise error("E035", "number too large to compute with", expr.span) from None
 
     def _chain(self, frame: Frame, expr: ast.Chain) -> Any:
         value = self.value_of(frame, expr.head)
@@ -251,41 +311,57 @@ class ExpressionElaborator(LayerBuilder):
                 f"'{name}' is a value ({kind_of(frame.bindings[name])}), not an op or block",
                 expr.func.span,
             )
-        positional: list[Any] = []
-        tensors: list[Tensor] = []
-        kwargs: dict[str, Any] = {}
-        for arg in expr.args:
-            value = self.value_of(frame, arg.value)
-            if arg.name is None:
-                if kwargs:
-                    raise error("E015", "a positional argument after a keyword argument", arg.span)
-                (tensors if isinstance(value, Tensor) else positional).append(value)
-            else:
-                if arg.name in kwargs:
-                    raise error("E016", f"argument '{arg.name}' given twice", arg.span)
-                kwargs[arg.name] = value
+        arguments, kwargs = self._arguments(frame, expr.args)
+        # Positional tensors are a layer's inputs; the other positionals are its arguments.
+        tensors = [value for value, _ in arguments if isinstance(value, Tensor)]
+        layer_args = [(value, arg) for value, arg in arguments if not isinstance(value, Tensor)]
+        positional = [value for value, _ in layer_args]
         if name in BUILTINS:
             return self._builtin(name, positional + tensors, kwargs, expr)
         if name not in OPS and name not in frame.file.names:
             if frame.in_train:
-                return Config(name, tuple(kwargs.items()))
+                return Config(name, tuple(kwargs.items()), (*positional, *tensors))
             raise error(
                 "E010",
                 f"unknown op or block '{name}'" + near_names(name, [*OPS, *frame.file.names]),
                 expr.func.span,
             )
-        ref = self._make_ref(frame, name, tuple(positional), expr.span, kwargs, expr.args)
+        written = (*(arg for _, arg in layer_args), *(a for a in expr.args if a.name is not None))
+        ref = self._make_ref(frame, name, tuple(positional), expr.span, kwargs, written)
         if tensors:
             return self._apply(ref, tensors, frame, expr.span)
         return ref
+
+    def _arguments(
+        self, frame: Frame, args: tuple[ast.Arg, ...]
+    ) -> tuple[list[tuple[Any, ast.Arg]], dict[str, Any]]:
+        """An argument list's values: positional ones in order with their Arg, keyword ones by name.
+
+        Refuses a positional argument after a keyword one (E015) and a keyword
+        given twice (E016); matching them to parameters is `Signature.bind`'s job.
+        """
+        positional: list[tuple[Any, ast.Arg]] = []
+        kwargs: dict[str, Any] = {}
+        for arg in args:
+            value = self.value_of(frame, arg.value)
+            if arg.name is None:
+                if kwargs:
+                    raise error("E015", "a positional argument after a keyword argument", arg.span)
+                positional.append((value, arg))
+            else:
+                if arg.name in kwargs:
+                    raise error("E016", f"argument '{arg.name}' given twice", arg.span)
+                kwargs[arg.name] = value
+        return positional, kwargs
 
     def _builtin(self, name: str, args: list[Any], kwargs: dict[str, Any], expr: ast.Call) -> Any:
         if kwargs:
             raise error("E017", f"{name}() takes no keyword arguments", expr.span)
         try:
-            return BUILTINS[name](*args)
-        except (TypeError, ValueError) as exc:
+            result = BUILTINS[name](*args)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise error("E017", f"{name}(): {exc}", expr.span) from None
+        return self._bounded(result, expr.span) if isinstance(result, list) else result
 
     EXPRESSIONS: dict[type, Callable[..., Any]] = {
         ast.Name: _name,

@@ -11,11 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnndsl.formats.files import require_regular_file
 from cnndsl.frontend import syntax as ast
 from cnndsl.frontend.grammar import resource_path
 from cnndsl.frontend.parse import parse
 from cnndsl.ops import OPS
 from cnndsl.source import Span, decode_utf8, error, near_names
+
+# NOTE: parsing costs about 450 bytes of memory and 20 µs per character of
+# source (measured: a 1 MiB spec peaks at 490 MiB and takes 20 s), so the
+# limit is what a small machine can parse; the largest shipped spec is 5 KB.
+MAX_SOURCE_BYTES = 1024 * 1024  # one spec file or text
+MAX_TOTAL_SOURCE_BYTES = 4 * MAX_SOURCE_BYTES  # a spec and everything it imports
+
+
+def check_source_size(size: int, what: str, span: Span | None = None) -> None:
+    """E065 when one source (`what`: its name) is past MAX_SOURCE_BYTES."""
+    if size > MAX_SOURCE_BYTES:
+        raise error(
+            "E065",
+            f"{what} is {size:,} bytes; specs are limited to {MAX_SOURCE_BYTES:,}"
+            " (1 MiB: parsing takes about 450 bytes of memory per character)",
+            span,
+        )
 
 
 @dataclass
@@ -34,9 +52,18 @@ class Loader:
         self.files: dict[str, FileScope] = {}
         self.sources: dict[str, str] = {}
         self._loading: list[str] = []
+        self.total_bytes = 0  # characters of every source loaded, for MAX_TOTAL_SOURCE_BYTES
 
-    def load_text(self, text: str, file: str) -> FileScope:
-        """Parse spec text and everything it imports."""
+    def load_text(self, text: str, file: str, span: Span | None = None) -> FileScope:
+        """Parse spec text and everything it imports (`span`: the import that names it)."""
+        self.total_bytes += len(text)
+        if self.total_bytes > MAX_TOTAL_SOURCE_BYTES:
+            raise error(
+                "E065",
+                f"the spec and its imports come to more than {MAX_TOTAL_SOURCE_BYTES:,} bytes"
+                f" of source (limit {MAX_TOTAL_SOURCE_BYTES:,}, reached at '{file}')",
+                span,
+            )
         self.sources[file] = text
         module = parse(text, file)
         scope = FileScope(module, text)
@@ -61,12 +88,16 @@ class Loader:
         if path.suffix != ".cnn":
             raise error("E062", f"can only import .cnn files, not '{path.name}'", span)
         try:
-            raw = path.read_bytes()
+            require_regular_file(path)  # a FIFO would hang the read, /dev/zero never end
+            check_source_size(path.stat().st_size, f"'{path}'", span)
+            with path.open("rb") as handle:  # read no more than the limit, should it grow
+                raw = handle.read(MAX_SOURCE_BYTES + 1)
+            check_source_size(len(raw), f"'{path}'", span)
         except FileNotFoundError:
             raise error("E060", f"cannot import '{path}': no such file", span) from None
         except OSError as exc:
             raise error("E060", f"cannot read '{path}': {exc.strerror}", span) from None
-        return self.load_text(decode_utf8(raw, key, imported_at=span), key)
+        return self.load_text(decode_utf8(raw, key, imported_at=span), key, span)
 
     def _bind_names(self, scope: FileScope, file: str) -> None:
         for imp in scope.module.imports:

@@ -5,20 +5,25 @@ booleans, lists and tuples (plain Python), `Symbol` (a bare option name such
 as `same`), `Tensor` (a layer's output with its shape), `LayerRef` (an op or
 block configured but not yet applied), and `Config` (a call inside
 `train {}`). Also here: arithmetic and comparison tables, the built-in
-functions, and the conversions of `train {}` settings.
+functions, and the checks of the `train {}` section.
 """
 
 from __future__ import annotations
 
+import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cnndsl.frontend import syntax as ast
 from cnndsl.ops.attrs import show
-from cnndsl.source import Span, error
+from cnndsl.source import Span, error, near_names
 
-MAX_LAYERS = 100_000  # a runaway loop stops here with a clear error
+MAX_LAYERS = 100_000  # a runaway loop stops here with a clear error; also the list size limit
+MAX_STRING = 100_000  # characters in a string built at compile time (`+` in a loop)
+MAX_STEPS = 10_000_000  # elaboration's work budget: expressions evaluated and statements run
 
 
 class Symbol(str):
@@ -55,6 +60,7 @@ class Config:
 
     name: str
     kwargs: tuple[tuple[str, Any], ...]
+    positional: tuple[Any, ...] = ()  # refused by the setting that reads it: they have no name
 
 
 def kind_of(value: Any) -> str:
@@ -130,8 +136,14 @@ def _range(*args: Any) -> list[int]:
     if not all(is_int(a) for a in args) or not 1 <= len(args) <= 3:
         raise TypeError("takes 1 to 3 whole numbers")
     out = range(*args)
-    if len(out) > MAX_LAYERS:
-        raise ValueError(f"a range of {len(out)} items exceeds the limit of {MAX_LAYERS}")
+    try:
+        size = len(out)
+    except OverflowError:  # more items than a machine word counts
+        raise ValueError(
+            f"a range of more than 2^63 items exceeds the limit of {MAX_LAYERS}"
+        ) from None
+    if size > MAX_LAYERS:
+        raise ValueError(f"a range of {size} items exceeds the limit of {MAX_LAYERS}")
     return list(out)
 
 
@@ -154,7 +166,17 @@ def _minmax(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _int(value: Any) -> int:
     if not is_num(value):
         raise TypeError(f"needs a number, not {kind_of(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{show(value)} has no whole-number value")
+    if abs(value) > 2**62:
+        raise ValueError(f"{show(value)} is too large (more than 2^62)")
     return int(value)
+
+
+def _round(value: Any) -> int:
+    if is_num(value) and isinstance(value, float) and math.isfinite(value):
+        return int(round(value))
+    return _int(value)
 
 
 BUILTINS: dict[str, Callable[..., Any]] = {
@@ -163,53 +185,110 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "min": _minmax(min),
     "max": _minmax(max),
     "int": _int,
-    "round": lambda v: int(round(v)) if is_num(v) else _int(v),
+    "round": _round,
 }
 
 
-def _as_name(value: Any, span: Span, what: str) -> str:
+def _as_name(value: Any, span: Span | None, what: str) -> str:
     if isinstance(value, LayerRef) and not value.kwargs:
         return value.name
     if isinstance(value, str):
         return str(value)
-    if isinstance(value, Config) and not value.kwargs:
+    if isinstance(value, Config) and not value.kwargs and not value.positional:
         return value.name
     raise error("E073", f"{what} must be a name, not {kind_of(value)}", span)
 
 
-def _optimizer(value: Any, span: Span) -> dict[str, Any]:
+def _optimizer(value: Any, span: Span | None) -> dict[str, Any]:
     if isinstance(value, Config):
+        if value.positional:
+            raise error(
+                "E073",
+                f"optimizer settings are named: {value.name}(lr=0.1), not {value.name}(0.1)",
+                span,
+            )
         return {"name": value.name, **{k: plain(v) for k, v in value.kwargs}}
     return {"name": _as_name(value, span, "optimizer")}
 
 
-def _metrics(value: Any, span: Span) -> list[str]:
+def _metrics(value: Any, span: Span | None) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
     return [_as_name(v, span, "a metric") for v in items]
 
 
-def _number(kind: type) -> Callable[[Any, Span], Any]:
-    def convert(value: Any, span: Span) -> Any:
-        if not is_num(value) or (kind is int and not is_int(value)) or value < 0:
-            raise error(
-                "E073",
-                f"expected a {'whole ' if kind is int else ''}number >= 0, not {show(value)}",
-                span,
-            )
+def _data(value: Any, span: Span | None) -> str:
+    source = _as_name(value, span, "data")
+    # NOTE: a path is read relative to the spec that names it, as `import` paths are.
+    if source == "digits" or span is None or span.file.startswith("<"):
+        return source
+    path = Path(source).expanduser()
+    return source if path.is_absolute() else str(Path(span.file).parent / path)
+
+
+def _number(
+    kind: type, allowed: Callable[[Any], bool], what: str
+) -> Callable[[Any, Span | None], Any]:
+    def convert(value: Any, span: Span | None) -> Any:
+        if not is_num(value) or (kind is int and not is_int(value)) or not allowed(value):
+            raise error("E073", f"expected {what}, not {show(value)}", span)
         return kind(value)
 
     return convert
 
 
-TRAIN_SETTINGS: dict[str, Callable[[Any, Span], Any]] = {
+# NOTE: the section is checked here, where its spans are; cnndsl.training.settings
+# turns the checked dict into the typed TrainSettings with one field per entry here.
+TRAIN_SETTINGS: dict[str, Callable[[Any, Span | None], Any]] = {
     "loss": lambda v, s: _as_name(v, s, "loss"),
     "optimizer": _optimizer,
     "metrics": _metrics,
-    "batch": _number(int),
-    "epochs": _number(int),
-    "lr": _number(float),
-    "validation_split": _number(float),
-    "seed": _number(int),
-    "data": lambda v, s: _as_name(v, s, "data"),
+    "batch": _number(int, lambda v: v >= 1, "a whole number >= 1"),
+    "epochs": _number(int, lambda v: v >= 0, "a whole number >= 0"),
+    "lr": _number(float, lambda v: v > 0, "a number > 0"),
+    "validation_split": _number(float, lambda v: 0 <= v < 1, "a fraction >= 0 and < 1"),
+    "seed": _number(int, lambda v: v >= 0, "a whole number >= 0"),
+    "data": _data,
 }
+LR_NAMES = ("lr", "learning_rate")  # how an optimizer's own learning rate may be written
+
+
+def train_section(
+    settings: Sequence[ast.Setting], value_of: Callable[[ast.Expr], Any]
+) -> dict[str, Any]:
+    """The checked `train {}` section as {name: value}; CnnError at the setting that is wrong.
+
+    Names must be known (E071, checked before the value is computed); each value
+    must convert (E073); a setting is given once, and `lr` not next to an
+    optimizer that states its own learning rate (E073).
+    """
+    section: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for s in settings:
+        if s.name not in TRAIN_SETTINGS:
+            raise error(
+                "E071",
+                f"unknown train setting '{s.name}'" + near_names(s.name, TRAIN_SETTINGS),
+                s.span,
+                "note: settings: " + ", ".join(sorted(TRAIN_SETTINGS)),
+            )
+        if s.name in spans:
+            raise error(
+                "E073",
+                f"train setting '{s.name}' is given twice",
+                s.span,
+                f"note: first given at {spans[s.name]}",
+            )
+        section[s.name] = TRAIN_SETTINGS[s.name](value_of(s.value), s.span)
+        spans[s.name] = s.span
+    stated = [k for k in LR_NAMES if k in section.get("optimizer", {})]
+    if "lr" in section and stated:
+        raise error(
+            "E073",
+            f"the learning rate is given twice, as `lr` and as the optimizer's {stated[0]}=",
+            spans["lr"],
+            f"note: the optimizer is set at {spans['optimizer']}; keep one",
+        )
+    return section
+
+
 BUDGET_NAMES = ("params", "trainable_params", "non_trainable_params", "macs", "layers")

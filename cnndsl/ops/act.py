@@ -10,7 +10,10 @@ own kernels with its default arguments, so an activation is written once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from cnndsl.ops.attrs import Float, Int
 from cnndsl.ops.errors import ShapeError
@@ -63,6 +66,7 @@ class ActivationOp(Op):
     """
 
     is_activation = True
+    family = "act"
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         (x,) = xs
@@ -84,6 +88,13 @@ class Identity(ActivationOp):
 
     name = "identity"
 
+    def final_activation(self, a: Attrs) -> str | None:
+        return None
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Nothing: the input itself."""
+        return inputs[0]
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         return xs[0], None
 
@@ -100,6 +111,11 @@ class Relu(ActivationOp):
     """
 
     name = "relu"
+    in_place = True
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Relu."""
+        return b.node("Relu", inputs)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -131,6 +147,12 @@ class Relu6(ActivationOp):
     """
 
     name = "relu6"
+    in_place = True
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Clip to [0, 6]."""
+        low, high = b.const("min", np.float32(0)), b.const("max", np.float32(6))
+        return b.node("Clip", [inputs[0], low, high])
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -155,6 +177,10 @@ class LeakyRelu(ActivationOp):
     attrs = {"alpha": (Float(0), 0.3)}
     key_attrs = ("alpha",)
 
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """LeakyRelu(alpha)."""
+        return b.node("LeakyRelu", inputs, alpha=a.alpha)
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         return xp.where(x > 0, x, x * a.alpha), x
@@ -174,6 +200,10 @@ class Elu(ActivationOp):
     def describe(self, a: Attrs) -> str:
         """'elu', or 'elu 0.5' for a non-default alpha."""
         return "elu" if a.alpha == 1.0 else f"elu {a.alpha:g}"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Elu(alpha)."""
+        return b.node("Elu", inputs, alpha=a.alpha)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -198,6 +228,10 @@ class Sigmoid(ActivationOp):
 
     name = "sigmoid"
 
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Sigmoid."""
+        return b.node("Sigmoid", inputs)
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         y = sigmoid(xp, xs[0])
         return y, y
@@ -211,6 +245,10 @@ class Tanh(ActivationOp):
     """tanh: y = tanh(x)."""
 
     name = "tanh"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Tanh."""
+        return b.node("Tanh", inputs)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         y = xp.tanh(xs[0])
@@ -238,6 +276,13 @@ class Softmax(ActivationOp):
             raise ShapeError(f"softmax axis {a.axis} is out of range for shape {list(x)}")
         return tuple(x)
 
+    def acts_along_last_axis(self, a: Attrs, y: Shape) -> bool:
+        return a.axis in (-1, len(y) - 1)
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Softmax over one axis (opset 13 and later)."""
+        return b.node("Softmax", inputs, axis=b.axis(a.axis, len(y)))
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         axis = a.axis if a.axis < 0 else a.axis + 1  # skip the batch axis
@@ -257,6 +302,10 @@ class Swish(ActivationOp):
 
     name = "swish"
 
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """x·Sigmoid(x) (ONNX's own Swish is too recent for most runtimes)."""
+        return b.node("Mul", [inputs[0], b.node("Sigmoid", inputs)])
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         s = sigmoid(xp, x)
@@ -275,6 +324,14 @@ class Gelu(ActivationOp):
     """
 
     name = "gelu"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """x/2·(1 + Erf(x/√2)), the exact form (ONNX's Gelu needs opset 20)."""
+        x = inputs[0]
+        erf = b.node("Erf", [b.node("Mul", [x, b.const("inv_sqrt2", np.float32(math.sqrt(0.5)))])])
+        one_plus = b.node("Add", [erf, b.const("one", np.float32(1))])
+        half_x = b.node("Mul", [x, b.const("half", np.float32(0.5))])
+        return b.node("Mul", [half_x, one_plus])
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -357,8 +414,3 @@ def _exp_minus_square(xp: Any, t: Array) -> Array:
     # exp(−t²) = exp(−u²)·exp(−(t − u)(t + u)) loses no bits to rounding t².
     u = xp.trunc(t * 16) / 16
     return xp.exp(-u * u) * xp.exp(-(t - u) * (t + u))
-
-
-def erf(xp: Any, x: Array) -> Array:
-    """Error function, elementwise, in x's dtype (odd: erf(−x) = −erf(x))."""
-    return xp.sign(x) * (1 - erfc(xp, xp.abs(x)))

@@ -1,15 +1,19 @@
-"""Attribute types: each converts a spec value to its normal form or refuses it.
+"""Argument binding and attribute types.
 
-An op's `attrs` table names one of these per argument (`Int(min=1)`,
-`Pair()`, `Padding()`, ...); `Op.bind` calls `convert` and reports
-`describe` in its messages.
+`Signature` matches a call's positional and keyword arguments to names: the
+one binder behind `Op.bind`, layer calls, `defaults` statements and block and
+network parameters. An op's `attrs` table names one attribute type per
+argument (`Int(min=1)`, `Pair()`, `Padding()`, ...); each converts a spec
+value to its normal form or refuses it, and `Op.bind` calls `convert` and
+reports `describe` in its messages. Refusals are AttrErrors that carry
+their diagnostic code.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,19 +36,52 @@ class AttrType:
     def convert(self, name: str, value: Any) -> Any:
         return value
 
-    def fail(self, name: str, value: Any) -> AttrError:
-        return AttrError(f"argument '{name}' must be {self.describe}, not {show(value)}", name)
+    def fail(self, name: str, value: Any, options: Sequence[str] = ()) -> AttrError:
+        """The refusal of `value`; a string close to one of `options` gets a did-you-mean."""
+        close = closest(options, value) if isinstance(value, str) else None
+        return AttrError(
+            f"argument '{name}' must be {self.describe}, not {show(value)}{did_you_mean(close)}",
+            name,
+            suggestion=close,
+        )
 
 
-def show(value: Any) -> str:
-    """A value as the spec would write it, for messages."""
+SHOW_CHARS = 200  # the longest value a message shows; the rest is summarised
+SHOW_ITEMS = 8  # items of a list shown before "... (N items)"
+SHOW_DEPTH = 4  # list nesting shown before "[...]"
+
+
+def show(value: Any, limit: int = SHOW_CHARS) -> str:
+    """A value as the spec would write it, for messages: at most about `limit` characters."""
+    # NOTE: bounded by items, depth and characters alike: a list that holds
+    # itself 60 times over has 2^60 leaves, and rendering them all never ends.
+    text = _show(value, SHOW_DEPTH, limit)
+    return text if len(text) <= limit + 40 else text[:limit] + "..."
+
+
+def _show(value: Any, depth: int, budget: int) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value
+        if len(value) <= budget:
+            return value
+        return value[: max(budget - 30, 10)] + f"... ({len(value):,} characters)"
     if isinstance(value, (list, tuple)):
-        inner = ", ".join(show(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+        left, right = ("[", "]") if isinstance(value, list) else ("(", ")")
+        if depth == 0 and value:
+            return f"{left}...{right}"
+        parts: list[str] = []
+        used = 0
+        for item in value[:SHOW_ITEMS]:
+            if used > budget:
+                break
+            parts.append(_show(item, depth - 1, budget - used))
+            used += len(parts[-1]) + 2
+        if len(parts) < len(value):
+            parts.append(f"... ({len(value):,} items)")
+        return left + ", ".join(parts) + right
+    if isinstance(value, int) and value.bit_length() > 600:
+        return f"a number of {value.bit_length():,} bits"  # Python refuses repr past 4300 digits
     return repr(value)
 
 
@@ -140,11 +177,7 @@ class Padding(AttrType):
         if isinstance(value, str):
             if value in ("same", "valid"):
                 return value
-            raise AttrError(
-                f"argument '{name}' must be {self.describe}, not {value}"
-                + near(["same", "valid"], value),
-                name,
-            )
+            raise self.fail(name, value, ("same", "valid"))
         return Pair(min=0).convert(name, value)
 
 
@@ -160,19 +193,79 @@ class Choice(AttrType):
 
     def convert(self, name: str, value: Any) -> str:
         if not isinstance(value, str) or value not in self.options:
-            text = self.fail(name, value).message
-            if isinstance(value, str):
-                text += near(self.options, value)
-            raise AttrError(text, name)
+            raise self.fail(name, value, self.options)
         return value
 
 
-def near(options: Sequence[str], value: str) -> str:
-    """'; did you mean X?' for a close option, else ''."""
+def closest(options: Sequence[str], value: str) -> str | None:
+    """The option closest to a mistyped `value`, if any is close."""
     close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(close: str | None) -> str:
+    """'; did you mean X?' for a close option, else ''."""
+    return f"; did you mean '{close}'?" if close else ""
 
 
 @dataclass(frozen=True)
 class Anything(AttrType):
     """Any value (used by `input` for its declared shape)."""
+
+
+# ---- Binding a call's arguments to names ----
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The names a call's arguments may take, and which of them positional arguments fill.
+
+    Matching arguments to names is the same job for an op (`Op.bind`), a layer
+    call, a `defaults` statement and a block's or network's parameters; each
+    binds through here and adds only its own steps (converting op attributes,
+    evaluating parameter defaults). Errors carry their diagnostic code.
+    """
+
+    owner: str  # the callee as messages name it: "conv", "block 'unit'"
+    names: tuple[str, ...]  # every name an argument may take
+    positional: tuple[str, ...] = ()  # the names positional arguments fill, in order
+    noun: str = "argument"  # what messages call one: "argument" or "parameter"
+
+    def bind(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The arguments by name: positional `args` named in order, then keyword ones.
+
+        Raises AttrError for more positional arguments than positional names
+        (E012), a name not in `names` (E011, naming the closest), and a name
+        given both by position and by keyword (E016).
+        """
+        if len(args) > len(self.positional):
+            most = len(self.positional)
+            raise AttrError(
+                f"{self.owner} takes at most {most} positional argument{'s' if most != 1 else ''}"
+                f" ({', '.join(self.positional) or 'none'}), got {len(args)}"
+            )
+        values = dict(zip(self.positional, args, strict=False))
+        for name, value in (kwargs or {}).items():
+            if name not in self.names:
+                close = closest(self.names, name)
+                raise AttrError(
+                    f"{self.owner} has no {self.noun} '{name}'{did_you_mean(close)}",
+                    name,
+                    code="E011",
+                    notes=(f"note: {self.owner} takes: {', '.join(self.names) or 'nothing'}",),
+                    suggestion=close,
+                )
+            if name in values:
+                raise AttrError(
+                    f"{self.noun} '{name}' given twice (also positionally)", name, code="E016"
+                )
+            values[name] = value
+        return values
+
+    def missing(self, name: str, wanted: str = "") -> AttrError:
+        """The refusal of a call that gives no value for the required `name` (E012)."""
+        return AttrError(
+            f"{self.owner} needs {self.noun} '{name}'" + (f" ({wanted})" if wanted else ""), name
+        )

@@ -17,6 +17,7 @@ followed by a 1×1 conv2d.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,11 +49,9 @@ from cnndsl.ops.registry import (
     WeightSpec,
     register,
 )
-from cnndsl.ops.window import Geometry, Window, effective, geometry_of, pads, spatial, window_out
+from cnndsl.ops.window import NOPAD, Geometry, geometry_of, window_geometry
 from cnndsl.ops.winograd import SPAN
 from cnndsl.runtime.workers import workers_of
-
-Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def fmt_pair(p: tuple[int, int]) -> str:
@@ -67,26 +66,6 @@ def fmt_stride(s: tuple[int, int]) -> str:
     return f"/{s[0]}" if s[0] == s[1] else f"/{fmt_pair(s)}"
 
 
-def geometry(
-    op: str, a: Attrs, x: Shape, kernel: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[Pads, tuple[int, int]]:
-    """Padding ((top, bottom), (left, right)) and output (h, w) of a window op on x."""
-    h, w, _ = spatial(op, x)
-    eff = effective(kernel, dilation)
-    p = pads(a.padding, (h, w), eff, a.stride)
-    return p, (
-        window_out(h, eff[0], a.stride[0], p[0], "height"),
-        window_out(w, eff[1], a.stride[1], p[1], "width"),
-    )
-
-
-def batch_geometry(
-    x: Array, a: Attrs, kernel: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[Pads, tuple[int, int]]:
-    """`geometry` for a batch array (N, h, w, c)."""
-    return geometry("", a, tuple(x.shape[1:]), kernel, dilation)
-
-
 @dataclass
 class ConvSaved:
     """What a convolution's backward needs: its input (padded, for groups > 1), the
@@ -99,18 +78,14 @@ class ConvSaved:
     tiles: tuple[Array, object] | None = None  # x's Winograd tiles and their owner token
 
 
-def conv_geometry(a: Attrs, x: Shape) -> Geometry:
+def conv_geometry(a: Attrs, x: Shape, op: str = "conv") -> Geometry:
     """Kernel geometry of a conv-like op (kernel, stride, padding, dilation) on x (h, w, c).
 
     attrs pad_input=((t, b), (l, r)) (set by lowering, `fuse_zeropad`): x is the
     input of a zeropad folded into this op; its zeros add to the op's own padding.
     """
-    h, w, c = x[-3:]
-    (zt, zb), (zl, zr) = a.get("pad_input") or ((0, 0), (0, 0))
-    h, w = h + zt + zb, w + zl + zr
-    (t, b), (l, r) = pads(a.padding, (h, w), effective(a.kernel, a.dilation), a.stride)
-    total = ((t + zt, b + zb), (l + zl, r + zr))
-    return geometry_of((h - zt - zb, w - zl - zr, c), a.kernel, a.stride, a.dilation, total)
+    pad_input = a.get("pad_input") or NOPAD
+    return window_geometry(op, x[-3:], a.kernel, a.stride, a.padding, a.dilation, pad_input)
 
 
 def _tiles_to_keep(
@@ -145,6 +120,20 @@ _WINDOW_ATTRS = {
 }
 
 
+class ConvLike(Op):
+    """What the three convolutions share: geometry, padding, the fused activation's output."""
+
+    family = "conv"
+    pads_itself = True
+    drawn_kernel = "kernel"
+
+    def geometry(self, a: Attrs, *xs: Shape) -> Geometry:
+        return conv_geometry(a, xs[0], self.name)
+
+    def fresh_output(self, a: Attrs) -> bool:
+        return a.activation == "none"
+
+
 def _suffix(a: Attrs) -> str:
     parts = [f"dilation {fmt_pair(a.dilation)}"] if a.dilation != (1, 1) else []
     if a.activation != "none":
@@ -153,7 +142,7 @@ def _suffix(a: Attrs) -> str:
 
 
 @register
-class Conv(Op):
+class Conv(ConvLike):
     """conv(filters, kernel, stride): 2-D cross-correlation, grouped and dilated.
 
     z[i, j, k] = b[k] + Σ_u Σ_v Σ_k' x[i·sh + u·dh, j·sw + v·dw, k'] · w[u, v, k', k]
@@ -191,7 +180,7 @@ class Conv(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         (x,) = xs
-        _, out = geometry("conv", a, x, a.kernel, a.dilation)
+        out = self.geometry(a, x).out
         if x[2] % a.groups:
             raise ShapeError(
                 f"conv with groups={a.groups} needs input channels divisible by"
@@ -209,8 +198,25 @@ class Conv(Op):
     def macs(self, a: Attrs, xs: Any, y: Shape) -> int:
         return y[0] * y[1] * a.filters * a.kernel[0] * a.kernel[1] * (xs[0][2] // a.groups)
 
-    def window(self, a: Attrs, *xs: Shape) -> Window:
-        return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
+    def hosts_activation(self, a: Attrs, activation: str) -> bool:
+        """relu, which the GEMM kernel applies chunk by chunk while the data is hot."""
+        return activation == "relu" and a.activation == "none"
+
+    def channel_weight(self, a: Attrs) -> tuple[str, int] | None:
+        """The kernel [fh, fw, in/groups, filters]: filters on the last axis."""
+        return ("kernel", 1) if a.activation == "none" else None
+
+    def workspace(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> tuple[int, bool]:
+        """im2col columns (oh·ow·fh·fw·c) and the padded input; none for a 1×1 matmul.
+
+        NOTE: a grouped conv's backward holds every group's column gradients at
+        once, for the whole batch: its scratch is every sample's, not a chunk's.
+        """
+        geo = conv_geometry(a, xs[0])
+        if geo.kernel == (1, 1):
+            return 0, False
+        padded = math.prod(geo.padded) * geo.channels if geo.pads != NOPAD else 0
+        return geo.out[0] * geo.out[1] * geo.columns + padded, a.groups != 1
 
     def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
         """The kernels for this shape: forward_method's and input_grad_method's choices."""
@@ -243,8 +249,13 @@ class Conv(Op):
         partial = geo.kernel[0] * geo.kernel[1] * c * f * itemsize
         return transform, kernel_grad_partials(batch, geo, f, itemsize) * partial
 
-    def fresh_output(self, a: Attrs) -> bool:
-        return a.activation == "none"
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Conv with the kernel as OIHW and Keras `same` as explicit asymmetric pads."""
+        kernel = b.weight("kernel", b.w("kernel").transpose(3, 2, 0, 1))
+        bias = [b.weight("bias", b.w("bias"))] if a.bias else []
+        geo = self.geometry(a, xs[0])
+        out = b.node("Conv", [inputs[0], kernel, *bias], **b.window_attrs(geo), group=a.groups)
+        return b.activate(a.activation, out, y)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -306,7 +317,7 @@ class Conv(Op):
 
 
 @register
-class DepthwiseConv(Op):
+class DepthwiseConv(ConvLike):
     """depthwise_conv(kernel, stride): one [fh, fw] filter per (input channel, multiplier).
 
     z[i, j, c·m + q] = b[c·m + q] + Σ_u Σ_v x[i·sh + u·dh, j·sw + v·dw, c] · w[u, v, c, q]
@@ -334,8 +345,7 @@ class DepthwiseConv(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         (x,) = xs
-        _, out = geometry(self.name, a, x, a.kernel, a.dilation)
-        return (*out, x[2] * a.depth_multiplier)
+        return (*self.geometry(a, x).out, x[2] * a.depth_multiplier)
 
     def weights(self, a: Attrs, *xs: Shape) -> dict[str, WeightSpec]:
         c = xs[0][2]
@@ -347,11 +357,19 @@ class DepthwiseConv(Op):
     def macs(self, a: Attrs, xs: Any, y: Shape) -> int:
         return y[0] * y[1] * y[2] * a.kernel[0] * a.kernel[1]
 
-    def window(self, a: Attrs, *xs: Shape) -> Window:
-        return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
+    def channel_weight(self, a: Attrs) -> tuple[str, int] | None:
+        """The kernel [fh, fw, in, m]: output channel c·m + j on the last two axes."""
+        return ("kernel", 2) if a.activation == "none" else None
 
-    def fresh_output(self, a: Attrs) -> bool:
-        return a.activation == "none"
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """A Conv with one group per input channel; Keras' (c, m) channel order is ONNX's."""
+        fh, fw, c, m = b.w("kernel").shape
+        kernel = b.w("kernel").reshape(fh, fw, c * m).transpose(2, 0, 1)[:, None]
+        bias = [b.weight("bias", b.w("bias"))] if a.bias else []
+        geo = self.geometry(a, xs[0])
+        attrs = b.window_attrs(geo)
+        out = b.node("Conv", [inputs[0], b.weight("kernel", kernel), *bias], **attrs, group=c)
+        return b.activate(a.activation, out, y)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -377,7 +395,7 @@ class DepthwiseConv(Op):
 
 
 @register
-class SeparableConv(Op):
+class SeparableConv(ConvLike):
     """separable_conv(filters, kernel, stride): depthwise_conv then a 1×1 conv (Keras).
 
     t = depthwise(x; depthwise_kernel [fh, fw, in, m]) without bias,
@@ -387,6 +405,7 @@ class SeparableConv(Op):
     """
 
     name = "separable_conv"
+    drawn_kernel = "depthwise_kernel"
     args = ("filters", "kernel", "stride")
     attrs = {
         "filters": (Int(1), REQUIRED),
@@ -407,8 +426,7 @@ class SeparableConv(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         (x,) = xs
-        _, out = geometry(self.name, a, x, a.kernel, a.dilation)
-        return (*out, a.filters)
+        return (*self.geometry(a, x).out, a.filters)
 
     def weights(self, a: Attrs, *xs: Shape) -> dict[str, WeightSpec]:
         cm = xs[0][2] * a.depth_multiplier
@@ -424,11 +442,25 @@ class SeparableConv(Op):
         cm = xs[0][2] * a.depth_multiplier
         return y[0] * y[1] * cm * (a.kernel[0] * a.kernel[1] + a.filters)
 
-    def window(self, a: Attrs, *xs: Shape) -> Window:
-        return Window(kernel=effective(a.kernel, a.dilation), stride=a.stride)
+    def channel_weight(self, a: Attrs) -> tuple[str, int] | None:
+        """The pointwise kernel [1, 1, in·m, filters]: filters on the last axis."""
+        return ("pointwise_kernel", 1) if a.activation == "none" else None
 
-    def fresh_output(self, a: Attrs) -> bool:
-        return a.activation == "none"
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """A grouped (depthwise) Conv, then a 1×1 Conv with the bias."""
+        fh, fw, c, m = b.w("depthwise_kernel").shape
+        depthwise = b.w("depthwise_kernel").reshape(fh, fw, c * m).transpose(2, 0, 1)[:, None]
+        geo = self.geometry(a, xs[0])
+        mid = b.node(
+            "Conv",
+            [inputs[0], b.weight("depthwise_kernel", depthwise)],
+            **b.window_attrs(geo),
+            group=c,
+        )
+        pointwise = b.weight("pointwise_kernel", b.w("pointwise_kernel").transpose(3, 2, 0, 1))
+        bias = [b.weight("bias", b.w("bias"))] if a.bias else []
+        out = b.node("Conv", [mid, pointwise, *bias], kernel_shape=[1, 1])
+        return b.activate(a.activation, out, y)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]

@@ -35,7 +35,7 @@ from typing import Any
 
 from cnndsl.ops import winograd
 from cnndsl.ops.registry import Array
-from cnndsl.ops.window import NOPAD, Geometry, Pads, im2col_view, tap, unpad2d
+from cnndsl.ops.window import NOPAD, Geometry, Pads, im2col_view, padded, tap, unpad2d
 from cnndsl.runtime.workers import Workers
 
 WINOGRAD_MIN_CHANNELS = 32  # fewer: the per-tile GEMMs are too thin to pay for the transforms
@@ -136,9 +136,9 @@ def padded_chunk(
     """Samples n0:n1 of x padded with `value`, in a reused buffer (x itself if p is zero)."""
     if p == NOPAD:
         return x[n0:n1]
-    (t, b), (l, r) = p
+    (t, _), (l, _) = p
     nb, h, w, c = n1 - n0, x.shape[1], x.shape[2], x.shape[3]
-    buf = workers.scratch(xp, lane, name, (nb, h + t + b, w + l + r, c), x.dtype)
+    buf = workers.scratch(xp, lane, name, (nb, *padded((h, w), p), c), x.dtype)
     buf[:, :t] = value
     buf[:, t + h :] = value
     buf[:, t : t + h, :l] = value

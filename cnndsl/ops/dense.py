@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cnndsl.ops.act import activate, activate_backward
@@ -33,6 +34,7 @@ class Dense(Op):
     """
 
     name = "dense"
+    family = "dense"
     args = ("units",)
     attrs = {
         "units": (Int(1), REQUIRED),
@@ -65,8 +67,22 @@ class Dense(Op):
     def window(self, a: Attrs, *xs: Shape) -> Window:
         return WHOLE
 
+    def hosts_activation(self, a: Attrs, activation: str) -> bool:
+        """relu, run as the layer's own activation= (one step fewer)."""
+        return activation == "relu" and a.activation == "none"
+
+    def channel_weight(self, a: Attrs) -> tuple[str, int] | None:
+        """The kernel [n, units]: units on the last axis."""
+        return ("kernel", 1) if a.activation == "none" else None
+
     def fresh_output(self, a: Attrs) -> bool:
         return a.activation == "none"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Gemm with our [in, units] kernel as B: x·W + b."""
+        bias = [b.weight("bias", b.w("bias"))] if a.bias else []
+        out = b.node("Gemm", [inputs[0], b.weight("kernel", b.w("kernel")), *bias])
+        return b.activate(a.activation, out, y)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]

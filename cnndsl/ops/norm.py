@@ -5,8 +5,11 @@ All keep the input shape and work along the last (channel) axis.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from cnndsl.ops.attrs import REQUIRED, Bool, Float, Int
 from cnndsl.ops.errors import ShapeError
@@ -50,6 +53,9 @@ class BatchNorm(Op):
     """
 
     name = "batchnorm"
+    family = "norm"
+    frozen_as_inference = True
+    folds_into_producer = True
     attrs = {
         "momentum": (Float(0, 1), 0.99),
         "epsilon": (Float(0), 0.001),
@@ -71,8 +77,39 @@ class BatchNorm(Op):
         ws["moving_variance"] = WeightSpec(c, trainable=False, init="ones")
         return ws
 
+    def hosts_activation(self, a: Attrs, activation: str) -> bool:
+        """relu and relu6, applied by the affine kernel while the data is hot."""
+        return activation in ("relu", "relu6") and a.get("activation", "none") == "none"
+
+    def inference_affine(self, a: Attrs, w: Mapping[str, Any]) -> tuple[Any, Any]:
+        """scale = gamma/sqrt(moving_variance + epsilon), shift = beta − scale·moving_mean."""
+        mean = np.asarray(w["moving_mean"], np.float64)
+        var = np.asarray(w["moving_variance"], np.float64)
+        gamma = np.asarray(w["gamma"], np.float64) if "gamma" in w else np.ones_like(mean)
+        beta = np.asarray(w["beta"], np.float64) if "beta" in w else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + a.epsilon)
+        return scale, beta - scale * mean
+
     def fresh_output(self, a: Attrs) -> bool:
         return a.get("activation", "none") == "none"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """BatchNormalization in inference form (moving statistics), channels on ONNX axis 1."""
+        c = y[-1]
+        if len(y) not in (1, 3):  # the channels are not ONNX's axis 1: the affine map
+            scale, shift = self.inference_affine(a, b.arrays)
+            out = b.node("Mul", [inputs[0], b.weight("scale", scale)])
+            return b.node("Add", [out, b.weight("shift", shift)])
+        gamma = b.w("gamma") if a.scale else np.ones(c, np.float32)
+        beta = b.w("beta") if a.center else np.zeros(c, np.float32)
+        names = [
+            b.weight("gamma", gamma),
+            b.weight("beta", beta),
+            b.weight("moving_mean", b.w("moving_mean")),
+            b.weight("moving_variance", b.w("moving_variance")),
+        ]
+        out = b.node("BatchNormalization", [inputs[0], *names], epsilon=a.epsilon)
+        return b.activate(a.get("activation", "none"), out, y)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -318,6 +355,7 @@ def dx_affine(
 def window_sum(xp: Any, t: Array, r: int) -> Array:
     """s[..., c] = Σ_{j = c−r}^{c+r} t[..., j], clipped to the valid channels."""
     c = t.shape[-1]
+    r = min(r, c - 1)  # NOTE: a wider window already covers every channel: same sums
     tp = xp.pad(t, [(0, 0)] * (t.ndim - 1) + [(r, r)])
     s = tp[..., 0:c].copy()
     for k in range(1, 2 * r + 1):
@@ -336,6 +374,7 @@ class Lrn(Op):
     """
 
     name = "lrn"
+    family = "norm"
     args = ("radius",)
     attrs = {
         "radius": (Int(0), 2),
@@ -347,6 +386,13 @@ class Lrn(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         return _not_scalar(self.name, xs[0])
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """LRN(size=2r+1, alpha·size, beta, bias): ONNX divides alpha by the size."""
+        if len(y) != 3:
+            raise b.unsupported(self.name, "ONNX's LRN needs a feature map [h, w, c]")
+        size = 2 * a.radius + 1
+        return b.node("LRN", inputs, size=size, alpha=a.alpha * size, beta=a.beta, bias=a.bias)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -374,12 +420,18 @@ class Dropout(Op):
     """
 
     name = "dropout"
+    family = "norm"
+    dropped_at_inference = True
     args = ("rate",)
     attrs = {"rate": (Float(0, 1, max_open=True), REQUIRED)}
     key_attrs = ("rate",)
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         return tuple(xs[0])
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Nothing: dropout is the identity at inference."""
+        return inputs[0]
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]

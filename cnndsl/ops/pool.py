@@ -13,10 +13,11 @@ Kernels loop over the window offsets only, never over pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cnndsl.ops.attrs import REQUIRED, Padding, Pair
-from cnndsl.ops.conv import batch_geometry, fmt_pair, geometry
+from cnndsl.ops.conv import fmt_pair
 from cnndsl.ops.conv_kernels import padded_chunk
 from cnndsl.ops.errors import AttrError
 from cnndsl.ops.registry import (
@@ -30,15 +31,26 @@ from cnndsl.ops.registry import (
     Weights,
     register,
 )
-from cnndsl.ops.window import NOPAD, WHOLE, Window, geometry_of, pad2d, spatial, tap, unpad2d
+from cnndsl.ops.window import (
+    NOPAD,
+    WHOLE,
+    Geometry,
+    Window,
+    pad2d,
+    spatial,
+    tap,
+    unpad2d,
+    window_geometry,
+)
 from cnndsl.runtime.workers import workers_of
 
 NODIL = (1, 1)
 
 
 class WindowPool(Op):
-    """Shared arguments, shape rule and window of maxpool and avgpool."""
+    """Shared arguments, shape rule and geometry of maxpool and avgpool."""
 
+    family = "pool"
     args = ("size", "stride")
     attrs = {
         "size": (Pair(), REQUIRED),
@@ -60,15 +72,19 @@ class WindowPool(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         (x,) = xs
-        _, out = geometry(self.name, a, x, a.size, NODIL)
-        return (*out, x[2])
+        return (*self.geometry(a, x).out, x[2])
 
-    def window(self, a: Attrs, *xs: Shape) -> Window:
-        return Window(kernel=a.size, stride=a.stride)
+    def geometry(self, a: Attrs, *xs: Shape) -> Geometry:
+        return window_geometry(self.name, xs[0], a.size, a.stride, a.padding)
 
-    def offsets(self, a: Attrs) -> list[tuple[int, int]]:
+    def kernel_geometry(self, a: Attrs, x: Shape) -> Geometry:
+        """The geometry the kernels run: windows cut to the rows and columns they read."""
+        return self.geometry(a, x).reading()
+
+    @staticmethod
+    def offsets(geo: Geometry) -> list[tuple[int, int]]:
         """Every (u, v) offset inside the window, row-major (PyTorch's scan order)."""
-        return [(u, v) for u in range(a.size[0]) for v in range(a.size[1])]
+        return [(u, v) for u in range(geo.kernel[0]) for v in range(geo.kernel[1])]
 
 
 @register
@@ -91,12 +107,19 @@ class MaxPool(WindowPool):
                 "padding",
             )
 
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """MaxPool; ONNX never takes the max over padding, as ours."""
+        geo = self.geometry(a, xs[0])
+        attrs = b.window_attrs(geo)
+        del attrs["dilations"]
+        return b.node("MaxPool", inputs, **attrs)
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        p, out = batch_geometry(x, a, a.size, NODIL)
-        geo = geometry_of(x.shape[1:], a.size, a.stride, NODIL, p)
+        geo = self.kernel_geometry(a, x.shape[1:])
+        p, out = geo.pads, geo.out
         y = xp.empty((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
-        offsets = self.offsets(a)
+        offsets = self.offsets(geo)
         workers = workers_of(ctx)
 
         def run(lane: int, chunk: tuple[int, int]) -> None:
@@ -123,11 +146,11 @@ class MaxPool(WindowPool):
         x, y, geo = saved
         out = geo.out
         dx = xp.empty(x.shape, dtype=dy.dtype)
-        offsets = self.offsets(a)
+        offsets = self.offsets(geo)
         workers = workers_of(ctx)
         p = geo.pads
         # Windows that tile the padded input exactly (2×2/2 on an even map, say).
-        tiled = a.size == a.stride and geo.padded == (out[0] * a.stride[0], out[1] * a.stride[1])
+        tiled = geo.kernel == a.stride and geo.unread == (0, 0)
 
         def run(lane: int, chunk: tuple[int, int]) -> None:
             n0, n1 = chunk
@@ -139,7 +162,7 @@ class MaxPool(WindowPool):
                 else workers.scratch(xp, lane, "dxpad", (nb, hp, wp, c), dy.dtype)
             )  # fmt: skip
             if tiled:
-                _tiled_max_grad(xp, workers, lane, src, y[n0:n1], dy[n0:n1], target, a.size)
+                _tiled_max_grad(xp, workers, lane, src, y[n0:n1], dy[n0:n1], target, geo.kernel)
                 if p != NOPAD:
                     dx[n0:n1] = unpad2d(target, p)
                 return
@@ -219,21 +242,30 @@ class AvgPool(WindowPool):
 
     name = "avgpool"
 
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """AveragePool: `same` padding never counts (Keras), explicit padding does (PyTorch)."""
+        geo = self.geometry(a, xs[0])
+        attrs = b.window_attrs(geo)
+        del attrs["dilations"]
+        counts = int(isinstance(a.padding, tuple))
+        return b.node("AveragePool", inputs, **attrs, count_include_pad=counts)
+
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
-        p, out = batch_geometry(x, a, a.size, NODIL)
+        geo = self.kernel_geometry(a, x.shape[1:])
+        p, out = geo.pads, geo.out
         xpad = pad2d(xp, x, p)
         total = None
-        for u, v in self.offsets(a):
+        for u, v in self.offsets(geo):
             t = tap(xpad, u, v, a.stride, NODIL, out)
             total = t.copy() if total is None else total + t
-        count: Any = a.size[0] * a.size[1]
-        if a.padding == "same" and p != ((0, 0), (0, 0)):
+        count: Any = geo.kernel[0] * geo.kernel[1]
+        if a.padding == "same" and p != NOPAD:
             # Real pixels per window: the same window sums over a mask of ones.
             mask = xp.zeros((1, *xpad.shape[1:3], 1), dtype=x.dtype)
             mask[:, p[0][0] : p[0][0] + x.shape[1], p[1][0] : p[1][0] + x.shape[2]] = 1
-            count = sum(tap(mask, u, v, a.stride, NODIL, out) for u, v in self.offsets(a))
-        return total / count, (count, xpad.shape, p, out)
+            count = sum(tap(mask, u, v, a.stride, NODIL, out) for u, v in self.offsets(geo))
+        return total / count, (count, xpad.shape, geo)
 
     def fresh_output(self, a: Attrs) -> bool:
         return True
@@ -243,16 +275,18 @@ class AvgPool(WindowPool):
     ) -> Backward:
         if not ctx.wants_grad(0):
             return [None], {}
-        count, padded_shape, p, out = saved
+        count, padded_shape, geo = saved
         g = dy / count
         dxpad = xp.zeros(padded_shape, dtype=dy.dtype)
-        for u, v in self.offsets(a):
-            tap(dxpad, u, v, a.stride, NODIL, out)[...] += g
-        return [unpad2d(dxpad, p)], {}
+        for u, v in self.offsets(geo):
+            tap(dxpad, u, v, a.stride, NODIL, geo.out)[...] += g
+        return [unpad2d(dxpad, geo.pads)], {}
 
 
 class GlobalPool(Op):
     """Shared shape rule of the global pools: [h, w, c] -> [c]."""
+
+    family = "pool"
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         (x,) = xs
@@ -267,6 +301,10 @@ class GlobalAvgPool(GlobalPool):
     """global_avgpool: y[c] = mean over i, j of x[i, j, c]."""
 
     name = "global_avgpool"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """GlobalAveragePool, then Flatten: (N, C, 1, 1) -> our [c]."""
+        return b.node("Flatten", [b.node("GlobalAveragePool", inputs)], axis=1)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -288,6 +326,10 @@ class GlobalMaxPool(GlobalPool):
     """global_maxpool: y[c] = max over i, j of x[i, j, c]; ties: first in row-major order."""
 
     name = "global_maxpool"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """GlobalMaxPool, then Flatten: (N, C, 1, 1) -> our [c]."""
+        return b.node("Flatten", [b.node("GlobalMaxPool", inputs)], axis=1)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]

@@ -6,7 +6,10 @@ multiply-accumulate count, its receptive-field window, and its forward and
 backward kernels written once against an array module `xp` (numpy or cupy).
 `register` checks a class at import time and files it in `OPS`; every
 consumer looks ops up there (`OPS[layer.op].shape(...)`), never by a chain
-of `if`s.
+of `if`s. What lowering, inference folding, memory planning, warnings and
+plots need to know of an op are attributes and methods of `Op` too (its
+`family`, whether it `pads_itself` or `hosts_activation`, its `workspace`,
+...), set in the op's own file: nothing outside cnndsl/ops compares op names.
 
 Shapes never include the batch axis: a feature map is `(h, w, c)` (NHWC,
 as Keras), a vector `(n,)`. Kernels see arrays with the batch axis first.
@@ -19,12 +22,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from cnndsl.ops.attrs import REQUIRED, AttrType, Choice, near
-from cnndsl.ops.errors import AttrError
-from cnndsl.ops.window import (
-    POINTWISE,
-    Window,
-)
+from cnndsl.ops.attrs import REQUIRED, AttrType, Choice, Signature
+from cnndsl.ops.window import POINTWISE, Geometry, Pads, Window
 
 Shape = tuple[int, ...]
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -47,10 +46,7 @@ class Activation(Choice):
         if value is None or value == "none" or value == "identity":
             return "none"
         if not isinstance(value, str) or value not in ACTIVATIONS:
-            text = self.fail(name, value).message
-            if isinstance(value, str):
-                text += near(list(ACTIVATIONS), value)
-            raise AttrError(text, name)
+            raise self.fail(name, value, list(ACTIVATIONS))
         return value
 
 
@@ -152,34 +148,64 @@ class Op:
     key_attrs: ClassVar[tuple[str, ...]] = ()  # shown in summaries and plots
     is_activation: ClassVar[bool] = False
 
+    # ---- What the passes, lowering, the executor and the plots ask of an op ----
+    # (the methods below answer the questions that depend on attrs or shapes)
+
+    family: ClassVar[str] = "shape"
+    """What kind of op it is: conv, pool, dense, norm, act, merge, shape or input.
+
+    Diagrams colour nodes by it (cnndsl.plot.diagram). A shape error of a
+    `merge` (add, multiply, concat) is E031, tensors that cannot be combined
+    (cnndsl.frontend.emit); any other op's is E041.
+    """
+
+    drawn_kernel: ClassVar[str | None] = None
+    """The weight [fh, fw, in, out] that `cnndsl plot --filters` draws as pictures
+    (cnndsl.plot.maps); None for ops without a spatial kernel."""
+
+    infix: ClassVar[str | None] = None
+    """The spec operator written between two tensors for this op (`a + b` is add,
+    `a * b` multiply); None: the op is called by name. The elaborator and the
+    spec writer of ONNX import both read it."""
+
+    pads_itself: ClassVar[bool] = False
+    """The kernels take attrs pad_input=((top, bottom), (left, right)): zeros around
+    the input that add to the op's own padding. Lowering (`fuse_zeropad`) folds a
+    zeropad read only by such an op into it, so no padded copy is made."""
+
+    in_place: ClassVar[bool] = False
+    """An activation whose kernel may overwrite its input (attrs inplace=True) and
+    that producers may run inside their kernels (`hosts_activation`). Lowering
+    (`fuse_activations`) sets inplace=True where nothing else reads the input."""
+
+    frozen_as_inference: ClassVar[bool] = False
+    """A frozen layer of this op runs as at inference even in training: batchnorm
+    uses and keeps its moving statistics (Keras' rule for a frozen
+    BatchNormalization). Read by the executor."""
+
+    dropped_at_inference: ClassVar[bool] = False
+    """The op is the identity at inference (dropout): inference folding
+    (cnndsl.passes.fold) removes it and its readers read its input."""
+
+    folds_into_producer: ClassVar[bool] = False
+    """At inference the op is a per-channel affine map along the last axis
+    (`inference_affine`): inference folding merges it into a producer that names
+    a `channel_weight`, when only this layer reads that producer."""
+
+    def signature(self, *extra: str) -> Signature:
+        """How a call names this op's arguments; `extra` names the caller handles itself."""
+        return Signature(self.name, (*self.attrs, *extra), self.args)
+
     def bind(self, *positional: Any, **kw: Any) -> Attrs:
         """Fill defaults, convert values, reject unknown or missing arguments."""
-        if len(positional) > len(self.args):
-            raise AttrError(
-                f"{self.name} takes at most {len(self.args)} positional argument"
-                f"{'s' if len(self.args) != 1 else ''} ({', '.join(self.args) or 'none'}),"
-                f" got {len(positional)}"
-            )
-        values: dict[str, Any] = {}
-        for name, value in zip(self.args, positional, strict=False):
-            values[name] = value
-        for name, value in kw.items():
-            if name not in self.attrs:
-                raise AttrError(
-                    f"{self.name} has no argument '{name}'"
-                    + near(list(self.attrs), name)
-                    + f" (it takes: {', '.join(self.attrs) or 'no arguments'})",
-                    name,
-                )
-            if name in values:
-                raise AttrError(f"argument '{name}' of {self.name} given twice", name)
-            values[name] = value
+        signature = self.signature()
+        values = signature.bind(positional, kw)
         out: dict[str, Any] = {}
         for name, (kind, default) in self.attrs.items():
             if name in values:
                 out[name] = kind.convert(name, values[name])
             elif default is REQUIRED:
-                raise AttrError(f"{self.name} needs argument '{name}' ({kind.describe})", name)
+                raise signature.missing(name, kind.describe)
             else:
                 out[name] = default
         self.check(out)
@@ -199,10 +225,6 @@ class Op:
     def macs(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> int:
         """Multiply-accumulates per sample."""
         return 0
-
-    def window(self, a: Attrs, *xs: Shape) -> Window:
-        """Receptive-field step of this layer."""
-        return POINTWISE
 
     def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
         """Kernel choices fixed at lowering from the shapes, merged into the step's attrs.
@@ -230,6 +252,99 @@ class Op:
         """
         return 0, 0
 
+    def geometry(self, a: Attrs, *xs: Shape) -> Geometry | None:
+        """The window arithmetic (padding, output size) of a sliding-window op; None otherwise.
+
+        Read by `window` (the receptive-field step), the W001 unread-pixels
+        warning (cnndsl.passes.shapes) and the ops' own shape rules and kernels.
+        """
+        return None
+
+    def window(self, a: Attrs, *xs: Shape) -> Window:
+        """Receptive-field step of this layer: its geometry's extent and stride, else pointwise."""
+        geo = self.geometry(a, *xs)
+        return POINTWISE if geo is None else Window(geo.effective, geo.stride)
+
+    def zero_border(self, a: Attrs) -> Pads | None:
+        """The zeros this op puts around its input where that is all it does (zeropad).
+
+        None for any other op. Lowering folds such a layer into a reader that
+        `pads_itself`; the W001 warning knows that rows it adds are zeros.
+        """
+        return None
+
+    def hosts_activation(self, a: Attrs, activation: str) -> bool:
+        """Whether this op's kernel can apply `activation` to its output (as attrs activation=).
+
+        Lowering (`fuse_activations`) moves an `in_place` activation that is the
+        only reader of this layer into it.
+        """
+        return False
+
+    def final_activation(self, a: Attrs) -> str | None:
+        """The activation this layer applies last, or None: an activation's own name, else
+        the `activation=` argument (conv, dense; or one that lowering fused in).
+
+        Read by lowering (`output_activation`, `strip_output_activation`): the
+        default loss follows the network's final activation, and a loss that
+        absorbs it (softmax + cross-entropy) runs on the logits before it.
+        """
+        if self.is_activation:
+            return self.name
+        act = a.get("activation", "none")
+        return None if act in (None, "none") else str(act)
+
+    def acts_along_last_axis(self, a: Attrs, y: Shape) -> bool:
+        """Whether the final activation works elementwise or along the last axis.
+
+        A loss absorbs an activation only then, as it computes it along the last
+        axis (softmax(axis=0) it does not). Read by the executor.
+        """
+        return True
+
+    def inference_affine(self, a: Attrs, w: Mapping[str, Any]) -> tuple[Any, Any]:
+        """(scale, shift): the op at inference as y = scale·x + shift per channel.
+
+        Only for ops that set `folds_into_producer`; w holds host arrays, and the
+        result is float64. Read by inference folding (cnndsl.passes.fold).
+        """
+        raise NotImplementedError(f"{self.name} is not an affine map at inference")
+
+    def channel_weight(self, a: Attrs) -> tuple[str, int] | None:
+        """(weight, axes): the weight whose last `axes` axes index this op's output channels.
+
+        Scaling it there by s[k] (and the bias) scales output channel k, so a
+        following `folds_into_producer` layer folds in at inference. None where
+        that is not so (an activation follows, or no weight carries the
+        channels). The op must take `bias=`: folding turns it on.
+        """
+        return None
+
+    def workspace(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> tuple[int, bool]:
+        """(values per sample, all samples at once): kernel scratch besides the output.
+
+        E.g. a conv's im2col columns. Kernels that walk the batch in chunks
+        (False) reuse per-lane buffers, which the memory estimate caps; True:
+        every sample's scratch is held at once. Read by cnndsl.passes.memory.
+        """
+        return 0, False
+
+    def shape_note(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> str:
+        """What the shapes add to the label, e.g. concat's channel sum ' 64+32=96'; '' if nothing.
+
+        Read by the summary's op column and the diagram's node labels.
+        """
+        return ""
+
+    def input_preparation(self, a: Attrs) -> dict[str, str]:
+        """What this layer declares about preparing images for the network ({}: nothing).
+
+        `preprocess` declares its mode and how image readers fit a picture of
+        another size to the input (`image_fit`: crop or stretch); `cnndsl run
+        --predict` and image folders read it, and ONNX export writes it as metadata.
+        """
+        return {}
+
     def fresh_output(self, a: Attrs) -> bool:
         """Whether forward returns a new array that nothing else references.
 
@@ -238,6 +353,15 @@ class Op:
         (the default) could corrupt an input or what backward reads.
         """
         return False
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Emit this layer as standard ONNX nodes through builder `b`; the output tensor's name.
+
+        b is a cnndsl.formats.onnx_export.OnnxBuilder: it names nodes and
+        initializers by the layer's path, holds the layer's weights (`b.weight`)
+        and keeps feature maps NCHW (`b.axis` maps an axis of ours to ONNX's).
+        """
+        raise b.unsupported(self.name)
 
     def forward(
         self, xp: Any, a: Attrs, xs: list[Array], w: dict[str, Array], ctx: Context

@@ -7,8 +7,11 @@ the batch axis (`concat(axis=-1)` joins channels); kernels add 1 for it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from cnndsl.ops.attrs import REQUIRED, Anything, AttrType, Int, show
 from cnndsl.ops.errors import ShapeError
@@ -23,7 +26,7 @@ from cnndsl.ops.registry import (
     Weights,
     register,
 )
-from cnndsl.ops.window import pad2d, spatial, unpad2d
+from cnndsl.ops.window import Pads, pad2d, padded, spatial, unpad2d
 from cnndsl.runtime.workers import elementwise
 
 
@@ -41,6 +44,7 @@ class Input(Op):
     """
 
     name = "input"
+    family = "input"
     args = ("shape",)
     attrs = {"shape": (Anything(), REQUIRED)}
     arity = (0, 0)
@@ -76,6 +80,13 @@ class Flatten(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         return (math.prod(xs[0]),)
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Flatten in our [h, w, c] order: NCHW maps go back to NHWC first."""
+        if len(xs[0]) == 1:
+            return inputs[0]
+        x = b.node("Transpose", inputs, perm=[0, 2, 3, 1]) if len(xs[0]) == 3 else inputs[0]
+        return b.node("Flatten", [x], axis=1)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
@@ -127,8 +138,16 @@ class ZeroPad(Op):
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         h, w, c = spatial(self.name, xs[0])
-        (t, b), (l, r) = a.padding
-        return (h + t + b, w + l + r, c)
+        return (*padded((h, w), a.padding), c)
+
+    def zero_border(self, a: Attrs) -> Pads:
+        return a.padding
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Pad with zeros on the spatial axes of the NCHW map."""
+        (t, bottom), (left, r) = a.padding
+        pads = b.const("pads", np.array([0, 0, t, left, 0, 0, bottom, r], np.int64))
+        return b.node("Pad", [inputs[0], pads], mode="constant")
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         return pad2d(xp, xs[0], a.padding), None
@@ -150,6 +169,7 @@ class Concat(Op):
     """
 
     name = "concat"
+    family = "merge"
     attrs = {"axis": (Int(), -1)}
     arity = (1, None)
 
@@ -170,6 +190,16 @@ class Concat(Op):
             names = [_AXIS_NAMES[k] if rank == 3 else f"axis {k}" for k in differ]
             raise ShapeError(f"{head}: they differ in {' and '.join(names)}")
         return tuple(sum(x[k] for x in xs) if k == ax else xs[0][k] for k in range(rank))
+
+    def shape_note(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> str:
+        """' 64+32=96': the channels each input brings, where the join is along channels."""
+        if a.axis != -1:
+            return ""
+        return f" {'+'.join(str(x[-1]) for x in xs)}={y[-1]}"
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Concat along the mapped axis (channels: ONNX axis 1)."""
+        return b.node("Concat", inputs, axis=b.axis(a.axis, len(y)))
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         axis = a.axis % (xs[0].ndim - 1) + 1
@@ -192,12 +222,18 @@ class Add(Op):
     """
 
     name = "add"
+    infix = "+"
+    family = "merge"
     arity = (2, None)
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
         if any(tuple(x) != tuple(xs[0]) for x in xs):
             raise ShapeError(f"cannot add tensors of shapes {listing(xs)}")
         return tuple(xs[0])
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Add for two inputs, Sum for more."""
+        return b.node("Add" if len(inputs) == 2 else "Sum", inputs)
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         first, second, rest = xs[0], xs[1], xs[2:]
@@ -214,6 +250,10 @@ class Add(Op):
 
         elementwise(xp, ctx, run, y)
         return y, (len(xs), y if relu else None)
+
+    def hosts_activation(self, a: Attrs, activation: str) -> bool:
+        """relu, as in relu(a + b) of ResNets: applied while the sum is hot."""
+        return activation == "relu" and a.get("activation", "none") == "none"
 
     def fresh_output(self, a: Attrs) -> bool:
         return a.get("activation", "none") == "none"
@@ -255,6 +295,8 @@ class Multiply(Op):
     """
 
     name = "multiply"
+    infix = "*"
+    family = "merge"
     arity = (2, None)
 
     def shape(self, a: Attrs, *xs: Shape) -> Shape:
@@ -264,6 +306,22 @@ class Multiply(Op):
                 f"cannot multiply tensors of shapes {listing(xs)}: they do not broadcast"
                 " (each axis, counted from the right, must match or be 1)"
             )
+        return out
+
+    def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
+        """Mul, shorter inputs given size-1 axes so they broadcast as ours do (SE's [c])."""
+        names = []
+        for name, x in zip(inputs, xs, strict=True):
+            if len(x) < len(y):
+                if len(y) == 3 and len(x) != 1:
+                    raise b.unsupported(self.name, f"broadcasting {list(x)} over {list(y)}")
+                # (N, c) -> (N, c, 1, 1) in NCHW; (N, ...) -> (N, 1, ..., ...) otherwise
+                axes = [2, 3] if len(y) == 3 else list(range(1, 1 + len(y) - len(x)))
+                name = b.node("Unsqueeze", [name, b.const("axes", np.array(axes, np.int64))])
+            names.append(name)
+        out = names[0]
+        for other in names[1:]:
+            out = b.node("Mul", [out, other])
         return out
 
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:

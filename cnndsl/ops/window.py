@@ -8,7 +8,7 @@ warnings all read them from here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cnndsl.ops.errors import ShapeError
@@ -44,7 +44,7 @@ def same_padding(n: int, f: int, s: int) -> tuple[int, int]:
 
 def pads(
     padding: str | tuple[int, int], size: Shape, kernel: tuple[int, int], stride: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
+) -> Pads:
     """((top, bottom), (left, right)) zero padding for a window op."""
     if padding == "same":
         return (
@@ -52,9 +52,20 @@ def pads(
             same_padding(size[1], kernel[1], stride[1]),
         )
     if padding == "valid":
-        return (0, 0), (0, 0)
+        return NOPAD
     assert isinstance(padding, tuple)
     return (padding[0], padding[0]), (padding[1], padding[1])
+
+
+def padded(size: tuple[int, int], p: Pads) -> tuple[int, int]:
+    """(h, w) after padding: (h + top + bottom, w + left + right)."""
+    (t, b), (l, r) = p
+    return size[0] + t + b, size[1] + l + r
+
+
+def add_pads(p: Pads, q: Pads) -> Pads:
+    """Two paddings of the same map, one around the other, as one."""
+    return (p[0][0] + q[0][0], p[0][1] + q[0][1]), (p[1][0] + q[1][0], p[1][1] + q[1][1])
 
 
 def window_out(n: int, f: int, s: int, pad: tuple[int, int], axis: str) -> int:
@@ -79,6 +90,28 @@ def spatial(op: str, x: Shape) -> tuple[int, int, int]:
     if len(x) != 3:
         raise ShapeError(f"{op} needs a feature map [height, width, channels], got {list(x)}")
     return x[0], x[1], x[2]
+
+
+def window_geometry(
+    op: str,
+    x: Shape,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: str | tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+    pad_input: Pads = NOPAD,
+) -> Geometry:
+    """The Geometry of window op `op` on samples x (h, w, c) (ShapeError for another rank).
+
+    padding: valid | same | (h, w), as the ops take it. pad_input: zeros around
+    x that a zeropad folded into this op adds (lowering's `fuse_zeropad`): they
+    count as x's own rows for `same` and add to the op's padding. Its `out`
+    raises ShapeError, with the working, where the window does not fit.
+    """
+    h, w, c = spatial(op, x)
+    eff = effective(kernel, dilation)
+    total = add_pads(pad_input, pads(padding, padded((h, w), pad_input), eff, stride))
+    return Geometry((h, w), c, kernel, stride, dilation, total)
 
 
 # ---- window geometry on arrays ----
@@ -124,20 +157,53 @@ class Geometry:
 
     @property
     def padded(self) -> tuple[int, int]:
-        (t, b), (l, r) = self.pads
-        return self.size[0] + t + b, self.size[1] + l + r
+        return padded(self.size, self.pads)
+
+    def reading(self) -> Geometry:
+        """The same windows cut to what they read: padding no window needs is dropped.
+
+        NOTE: a `same` window far larger than its input (a pool of size 10⁶ on a
+        7×7 map) would make a kernel pad the input by the window's size. Every
+        window then covers the whole input, and so does the cut one: each output
+        reads the same input rows and columns as before, from a padded array and
+        a window of at most (out - 1)·s + n. Undilated windows only (pools).
+        """
+        assert self.dilation == (1, 1), "only undilated windows are cut"
+        kernel, pads = list(self.kernel), [list(self.pads[0]), list(self.pads[1])]
+        for axis in (0, 1):
+            n, s, out = self.size[axis], self.stride[axis], self.out[axis]
+            top = self.pads[axis][0]
+            # Rows above the input that no window start needs (every start stays <= 0),
+            # then rows below it that no window end needs (every end stays >= n).
+            above = max(0, top - (out - 1) * s)
+            below = max(0, kernel[axis] - top - n)
+            kernel[axis] -= above + below
+            pads[axis][0] -= above
+            pads[axis][1] -= below
+        cut = ((pads[0][0], pads[0][1]), (pads[1][0], pads[1][1]))
+        return replace(self, kernel=(kernel[0], kernel[1]), pads=cut)
 
     @property
     def effective(self) -> tuple[int, int]:
-        return (
-            self.dilation[0] * (self.kernel[0] - 1) + 1,
-            self.dilation[1] * (self.kernel[1] - 1) + 1,
-        )
+        return effective(self.kernel, self.dilation)
 
     @property
     def out(self) -> tuple[int, int]:
-        (hp, wp), (eh, ew) = self.padded, self.effective
-        return (hp - eh) // self.stride[0] + 1, (wp - ew) // self.stride[1] + 1
+        (eh, ew), (sh, sw), (ph, pw) = self.effective, self.stride, self.pads
+        return (
+            window_out(self.size[0], eh, sh, ph, "height"),
+            window_out(self.size[1], ew, sw, pw, "width"),
+        )
+
+    @property
+    def unread(self) -> tuple[int, int]:
+        """Rows and columns at the bottom/right of the padded input that no window reaches.
+
+        (n − f_eff + p_before + p_after) mod s per axis; a window narrower than
+        its stride also skips rows between windows, which this does not count.
+        """
+        (hp, wp), (eh, ew), (sh, sw) = self.padded, self.effective, self.stride
+        return (hp - eh) % sh, (wp - ew) % sw
 
     @property
     def pointwise(self) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from cnndsl.ops.registry import Array
+from cnndsl.ops.window import padded
 from cnndsl.runtime.workers import Workers
 
 # Lavin & Gray's F(4, 3), interpolation points 0, ±1, ±2 and ∞ (as cuDNN and
@@ -153,8 +154,8 @@ def correlate_chunk(
     nb, h, w, c = src.shape
     f = u.shape[2]
     oh, ow = out.shape[1], out.shape[2]
-    (t, b), (l, r) = pads
-    assert (oh, ow) == (h + t + b - 2, w + l + r - 2), "output is not the 3×3 'valid' size"
+    hp, wp = padded((h, w), pads)
+    assert (oh, ow) == (hp - 2, wp - 2), "output is not the 3×3 'valid' size"
     th, tw = tiles((oh, ow))
     count = nb * th * tw
     taps = SPAN * SPAN

@@ -2,18 +2,22 @@
 
 Reads op, attrs, inputs, consumers; writes a new graph in which
 
-- a batchnorm whose input comes from a conv, depthwise_conv,
-  separable_conv or dense without activation, and is that layer's only
-  reader, is gone: at inference it is the per-channel affine map
-  y = s·z + (beta − s·mean), s = gamma/sqrt(var + epsilon), which folds into
-  the producer's kernel (scaled by s along its output channels) and bias
-  (added if the producer had none). The batchnorm's readers read the producer;
-- every dropout is gone (the identity at inference); its readers read its input.
+- a batchnorm (`Op.folds_into_producer`) whose input comes from a conv,
+  depthwise_conv, separable_conv or dense without activation
+  (`Op.channel_weight`), and is that layer's only reader, is gone: at
+  inference it is the per-channel affine map y = s·z + t
+  (`Op.inference_affine`: s = gamma/sqrt(var + epsilon), t = beta − s·mean),
+  which folds into the producer's weight (scaled by s along its output
+  channels) and bias (added if the producer had none). The batchnorm's
+  readers read the producer;
+- every dropout (`Op.dropped_at_inference`) is gone (the identity at
+  inference); its readers read its input.
 
 Layers that are network outputs stay. Weights change with the structure:
 `fold_weights(folded, weights)` maps the original network's weights (host
 arrays keyed 'path:name') to the folded network's. The folded graph records
-what it folded in meta["folded"]: a tuple of (producer, batchnorm, epsilon).
+what it folded in meta["folded"]: a tuple of (producer, batchnorm path,
+batchnorm layer).
 
     >>> import cnndsl                                                  # doctest: +SKIP
     >>> net = cnndsl.compile("specs/resnet34.cnn")                     # doctest: +SKIP
@@ -33,28 +37,21 @@ import numpy as np
 from cnndsl.ir import Graph, Layer
 from cnndsl.ops import OPS
 
-# Producers a batchnorm folds into, and the weight its scale multiplies.
-FOLD_INTO = {
-    "conv": "kernel",
-    "depthwise_conv": "kernel",
-    "separable_conv": "pointwise_kernel",
-    "dense": "kernel",
-}
-
 
 def fold_inference(g: Graph) -> Graph:
     """A copy of g with batchnorms folded into their producers and dropouts removed."""
     outputs = set(g.outputs)
     alias: dict[str, str] = {}  # removed layer -> the layer its readers read instead
-    folded: list[tuple[str, str, float]] = []
+    folded: list[tuple[str, str, Layer]] = []
     changed: dict[str, Layer] = {}
     for layer in g:
         if layer.path in outputs or len(layer.inputs) != 1:
             continue
         src = alias.get(layer.inputs[0], layer.inputs[0])
-        if layer.op == "dropout":
+        op = OPS[layer.op]
+        if op.dropped_at_inference:
             alias[layer.path] = src
-        elif layer.op == "batchnorm" and _foldable(g, g[src], layer):
+        elif op.folds_into_producer and _foldable(g, g[src], layer):
             producer = changed.get(src, g[src])
             attrs = producer.attrs.replace(bias=True)
             shapes = [g[p].shape for p in producer.inputs]
@@ -64,7 +61,7 @@ def fold_inference(g: Graph) -> Graph:
                 weights=dict(OPS[producer.op].weights(attrs, *shapes)),  # type: ignore[arg-type]
             )
             alias[layer.path] = src
-            folded.append((src, layer.path, float(layer.attrs.epsilon)))
+            folded.append((src, layer.path, layer))
     out = Graph()
     for layer in g:
         if layer.path in alias:
@@ -80,9 +77,7 @@ def fold_inference(g: Graph) -> Graph:
 
 
 def _foldable(g: Graph, producer: Layer, bn: Layer) -> bool:
-    if producer.op not in FOLD_INTO:
-        return False
-    if producer.attrs.get("activation", "none") != "none":
+    if OPS[producer.op].channel_weight(producer.attrs) is None:
         return False
     # The producer's output must reach nothing but this batchnorm.
     return g.consumers(producer.path) == [bn.path] and producer.path not in g.outputs
@@ -94,34 +89,32 @@ def fold_weights(folded: Graph, weights: Mapping[str, Any]) -> dict[str, np.ndar
     Arithmetic in float64, results in each weight's original dtype.
     """
     out: dict[str, np.ndarray] = {}
-    plans = {producer: (bn, eps) for producer, bn, eps in folded.meta.get("folded", ())}
+    plans = {producer: (path, bn) for producer, path, bn in folded.meta.get("folded", ())}
     for layer in folded:
         if layer.path not in plans:
             for name in layer.weights:
                 out[f"{layer.path}:{name}"] = np.asarray(weights[f"{layer.path}:{name}"])
             continue
-        bn, eps = plans[layer.path]
-        target = FOLD_INTO[layer.op]
+        path, bn = plans[layer.path]
+        bn_weights = {n: weights[f"{path}:{n}"] for n in bn.weights if f"{path}:{n}" in weights}
+        scale, shift = OPS[bn.op].inference_affine(bn.attrs, bn_weights)
+        carrier = OPS[layer.op].channel_weight(layer.attrs)
+        assert carrier is not None, f"{layer.path}: folded into a layer without a channel weight"
+        target, axes = carrier
         kernel = np.asarray(weights[f"{layer.path}:{target}"])
         dtype = kernel.dtype
-        mean = np.asarray(weights[f"{bn}:moving_mean"], np.float64)
-        var = np.asarray(weights[f"{bn}:moving_variance"], np.float64)
-        gamma = np.asarray(weights.get(f"{bn}:gamma", np.ones_like(mean)), np.float64)
-        beta = np.asarray(weights.get(f"{bn}:beta", np.zeros_like(mean)), np.float64)
-        scale = gamma / np.sqrt(var + eps)
         old_bias = weights.get(f"{layer.path}:bias")
-        bias = np.zeros_like(mean) if old_bias is None else np.asarray(old_bias, np.float64)
+        bias = np.zeros_like(scale) if old_bias is None else np.asarray(old_bias, np.float64)
         for name in layer.weights:
             key = f"{layer.path}:{name}"
             if name == target:
-                # depthwise kernels [fh, fw, c, m] put output channel c·m + j on the last two axes
-                s = scale.reshape(kernel.shape[-2:]) if layer.op == "depthwise_conv" else scale
+                s = scale.reshape(kernel.shape[-axes:])  # the axes of the output channels
                 out[key] = (kernel.astype(np.float64) * s).astype(dtype)
             elif name == "bias":
-                out[key] = ((bias - mean) * scale + beta).astype(dtype)
+                out[key] = (bias * scale + shift).astype(dtype)
             else:
                 out[key] = np.asarray(weights[key])
     return out
 
 
-__all__ = ["FOLD_INTO", "fold_inference", "fold_weights"]
+__all__ = ["fold_inference", "fold_weights"]

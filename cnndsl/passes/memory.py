@@ -7,13 +7,14 @@ their gradients and the optimizer's state (one slot, as SGD with momentum;
 Adam needs two).
 
 What the memory guard plans with (cnndsl/training/guards.py) adds kernel workspace:
-`workspace` is the largest per-layer scratch. A conv with a kernel larger
-than 1×1 runs as im2col + GEMM, whose column matrix holds oh·ow·fh·fw·c_in
-values per sample; the kernels walk the batch in chunks with reusable
-scratch buffers (cnndsl/runtime/workers.py), so the workspace is the whole
-batch's columns or SCRATCH bytes, whichever is less, but never less than one
-sample's. Grouped convs (groups > 1) still build the whole batch's columns
-at once, so theirs are counted in full. `training_peak` is the executor's
+`workspace` is the largest per-layer scratch (`Op.workspace`). A conv with a
+kernel larger than 1×1 runs as im2col + GEMM, whose column matrix holds
+oh·ow·fh·fw·c_in values per sample, besides its padded input; the kernels
+walk the batch in chunks with reusable scratch buffers
+(cnndsl/runtime/workers.py), so the workspace is the whole batch's columns
+or SCRATCH bytes, whichever is less, but never less than one sample's.
+Grouped convs (groups > 1) still build the whole batch's columns at once, so
+theirs are counted in full. `training_peak` is the executor's
 training plan: what backward keeps of each activation (about one
 activation's worth per layer), the gradients alive at once (at most the two
 largest activations), weights, gradients, optimizer slots, the workspace
@@ -72,17 +73,14 @@ class Memory:
         }
 
 
-def workspace(layer: Layer, inputs: list[Layer]) -> int:
-    """Values per sample a layer's kernel allocates besides its output (im2col columns)."""
-    if layer.op != "conv" or layer.shape is None or not inputs or inputs[0].shape is None:
-        return 0
-    kernel = tuple(layer.attrs.get("kernel", (1, 1)))
-    if kernel == (1, 1):
-        return 0  # a 1×1 conv is a plain matmul on the input
-    # NOTE: a grouped conv's backward holds every group's column gradients at once.
-    c_in = inputs[0].shape[-1]
-    padded = math.prod(inputs[0].shape) if layer.attrs.get("padding") != "valid" else 0
-    return math.prod(layer.shape[:-1]) * kernel[0] * kernel[1] * c_in + padded
+def workspace(layer: Layer, inputs: list[Layer]) -> tuple[int, bool]:
+    """(values per sample, all samples at once) a layer's kernels allocate besides its output.
+
+    E.g. a conv's im2col columns (`Op.workspace`).
+    """
+    if layer.shape is None or any(i.shape is None for i in inputs):
+        return 0, False
+    return OPS[layer.op].workspace(layer.attrs, shapes_of(inputs), layer.shape)
 
 
 def shared_scratch(layer: Layer, inputs: list[Layer], batch: int, itemsize: int) -> tuple[int, int]:
@@ -114,9 +112,9 @@ def estimate_memory(
         kept += kept_for_training(layer, inputs) * batch * itemsize
         shared = shared_scratch(layer, inputs, batch, itemsize)
         transform, partials = max(transform, shared[0]), max(partials, shared[1])
-        one = workspace(layer, inputs) * itemsize  # one sample's
-        grouped = int(layer.attrs.get("groups", 1) or 1) > 1  # whole-batch columns, not chunks
-        work[layer.path] = one * batch if grouped else min(one * batch, max(one, SCRATCH))
+        values, every_sample = workspace(layer, inputs)
+        one = values * itemsize  # one sample's
+        work[layer.path] = one * batch if every_sample else min(one * batch, max(one, SCRATCH))
     order = {layer.path: i for i, layer in enumerate(layers)}
     last_read = {layer.path: order[layer.path] for layer in layers}
     for layer in layers:

@@ -32,40 +32,33 @@ def infer_shapes(g: Graph) -> Graph:
 def unread_pixel_warnings(g: Graph) -> list[Diagnostic]:
     """Warnings where (N - F + 2P) is not a multiple of S: the last rows are never read.
 
-    Only for windows at least as wide as their stride (narrower ones skip rows
-    by design, as a strided 1×1 projection does), and not where the rows left
-    unread are all zero padding added by a `zeropad` just before.
+    Only for sliding-window layers (`Op.geometry`) whose windows are at least as
+    wide as their stride (narrower ones skip rows by design, as a strided 1×1
+    projection does), and not where the rows left unread are all zero padding
+    added just before (`Op.zero_border`: a zeropad).
     """
     out = []
     for layer in g:
-        a = layer.attrs
-        kernel = a.get("kernel", a.get("size"))
-        stride = a.get("stride")
-        padding = a.get("padding", "valid")
-        if kernel is None or stride is None or padding == "same" or not layer.inputs:
+        if not layer.inputs or any(g[p].shape is None for p in layer.inputs):
             continue
         source = g[layer.inputs[0]]
-        x = source.shape
-        if x is None or len(x) != 3:
+        geo = OPS[layer.op].geometry(layer.attrs, *shapes_of([g[p] for p in layer.inputs]))
+        if geo is None:
             continue
-        dilation = a.get("dilation", (1, 1))
-        pad = (0, 0) if padding == "valid" else padding
         # Zero rows/columns a zeropad put at the bottom/right of this layer's input.
-        trailing = (
-            (source.attrs["padding"][0][1], source.attrs["padding"][1][1])
-            if (source.op == "zeropad")
-            else (0, 0)
-        )
+        border = OPS[source.op].zero_border(source.attrs)
+        trailing = (border[0][1], border[1][1]) if border else (0, 0)
         unread = []
         working = []
         for axis, name in ((0, "rows"), (1, "columns")):
-            f = dilation[axis] * (kernel[axis] - 1) + 1
-            span = x[axis] - f + 2 * pad[axis]
-            left = span % stride[axis] if span >= 0 else 0
-            if left and f >= stride[axis] and left > trailing[axis]:
+            f, s, left = geo.effective[axis], geo.stride[axis], geo.unread[axis]
+            if left and f >= s and left > trailing[axis]:
                 unread.append(f"{left} {name}")
-                working.append(f"({x[axis]} - {f} + 2·{pad[axis]}) % {stride[axis]} = {left}")
+                before, after = geo.pads[axis]
+                pad = f"2·{before}" if before == after else f"{before}+{after}"
+                working.append(f"({geo.size[axis]} - {f} + {pad}) % {s} = {left}")
         if unread:
+            stride = geo.stride
             out.append(
                 Diagnostic(
                     "warning",

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from cnndsl.formats.files import open_regular  # noqa: E402
 from cnndsl.plot.errors import PlotError  # noqa: E402
 
 TRAIN_COLOUR = "#1f77b4"
@@ -70,14 +71,18 @@ def load_history(path: str | os.PathLike[str]) -> HistoryFile:
     """Read a history JSON file; PlotError when it can't be read or isn't one."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open_regular(path) as f:  # a FIFO would hang the read
+            data = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise PlotError(f"no such file: '{path}'") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PlotError(f"cannot read '{path}': {exc}") from None
     except json.JSONDecodeError as exc:
         raise PlotError(f"'{path}' is not valid JSON: {exc}") from None
+    except RecursionError:  # brackets nested thousands deep: no history looks like that
+        raise PlotError(
+            f"'{path}' is not a training history: its JSON nests too deeply to read"
+        ) from None
     series, epochs = parse_history(data, f"'{path}'")
     network = data.get("spec") if isinstance(data, dict) else None
     return HistoryFile(series, epochs, network if isinstance(network, str) else None)

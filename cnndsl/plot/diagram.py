@@ -25,8 +25,9 @@ import graphviz
 import networkx as nx
 
 from cnndsl.ir import Graph, Layer, Scope
+from cnndsl.ops import OPS
 from cnndsl.plot.errors import PlotError
-from cnndsl.summary import human
+from cnndsl.summary import human, shape_note
 
 FONT = "Helvetica,Arial,sans-serif"
 
@@ -45,34 +46,10 @@ FAMILY_COLOURS = {
 FROZEN_FILL = "#dbe4ee"
 CLUSTER_FILLS = ("#f8f8f8", "#efefef")
 
-_FAMILY = {
-    "input": "input",
-    "conv": "conv",
-    "depthwise_conv": "conv",
-    "separable_conv": "conv",
-    "maxpool": "pool",
-    "avgpool": "pool",
-    "global_avgpool": "pool",
-    "global_maxpool": "pool",
-    "dense": "dense",
-    "batchnorm": "norm",
-    "lrn": "norm",
-    "dropout": "norm",
-    "add": "merge",
-    "concat": "merge",
-    "multiply": "merge",
-    "flatten": "shape",
-    "zeropad": "shape",
-}
-
 
 def family(op: str) -> str:
-    """The colour family of an op: conv, pool, dense, norm, act, merge, shape or input."""
-    from cnndsl.ops.registry import OPS
-
-    if op in _FAMILY:
-        return _FAMILY[op]
-    return "act" if op in OPS and OPS[op].is_activation else "shape"
+    """The colour family of an op (`Op.family`): conv, pool, dense, norm, act, merge, shape..."""
+    return OPS[op].family if op in OPS else "shape"
 
 
 def shape_text(shape: Sequence[int] | None) -> str:
@@ -129,6 +106,7 @@ def draw(
     if depth is not None and depth < 1:
         raise PlotError("--depth must be at least 1")
     nodes, owner = _nodes(g, depth)
+    by_name = {node.name: node for node in nodes}
     edges = _edges(g, nodes, owner)
     spine = _spine(nodes, edges)
     on_spine = {n for pair in spine for n in pair}
@@ -140,6 +118,7 @@ def draw(
         rankdir=rankdir,
         fontname=FONT,
         newrank="true",
+        compound="true",  # lets an edge stop at a cluster's border (lhead)
         nodesep="0.3",
         ranksep="0.35",
         labelloc="t",
@@ -193,8 +172,15 @@ def draw(
     fan_in: dict[str, int] = {}
     for e in edges:
         fan_in[e.head] = fan_in.get(e.head, 0) + 1
+    entered = _entries(nodes, clusters)
     for e in edges:
         attrs = {"label": f" {shape_text(e.shape)} "}
+        # NOTE: an edge into a block's first node would run through the block's label
+        # at the top of its cluster; it stops at the cluster's border instead.
+        block = entered.get(e.head)
+        tail_scopes = {s.path for s in by_name[e.tail].parents} if e.tail in by_name else set()
+        if block is not None and block[0] not in tail_scopes:
+            attrs["lhead"] = f"cluster_{block[1]}"
         # NOTE: spine edges pull 100 times harder than the rest, so the main path stays a
         # straight column and skip connections / side branches bend around it. Off the
         # spine, an edge into a join pulls less than the others, so a short branch hangs
@@ -324,6 +310,24 @@ def _edges(g: Graph, nodes: list[Node], owner: dict[str, str]) -> list[Edge]:
     return edges
 
 
+def _entries(
+    nodes: list[Node], clusters: dict[str, tuple[str, Scope, list[Layer]]]
+) -> dict[str, tuple[str, str]]:
+    """Node name -> (scope path, dom id) of the outermost cluster that the node opens.
+
+    A block's first drawn node (in topological order) is where its input arrives.
+    """
+    first: dict[str, str] = {}
+    for node in nodes:
+        for scope in node.parents:
+            first.setdefault(scope.path, node.name)
+    out: dict[str, tuple[str, str]] = {}
+    for path, name in first.items():
+        if name not in out and path in clusters:
+            out[name] = (path, clusters[path][0])
+    return out
+
+
 def _spine(nodes: list[Node], edges: list[Edge]) -> set[tuple[str, str]]:
     """Edges of the longest input-to-output path: drawn as one straight column."""
     dag = nx.DiGraph()
@@ -384,10 +388,7 @@ def _node_attrs(g: Graph, node: Node, on_spine: bool) -> dict[str, str]:
         return attrs
     layer = node.layers[0]
     frozen = not layer.trainable and layer.params > 0
-    text = layer.label
-    if layer.op == "concat" and layer.attrs.get("axis", -1) == -1 and layer.shape:
-        parts = [str(g[i].shape[-1]) for i in layer.inputs if g[i].shape]  # type: ignore[index]
-        text += f" {'+'.join(parts)}={layer.shape[-1]}"
+    text = layer.label + shape_note(g, layer)
     info = layer.name + (f" · {layer.params:,} params" if layer.params else "")
     lines = [f"<b>{html.escape(text)}</b>", _small(info)]
     if frozen:

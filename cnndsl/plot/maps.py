@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -26,12 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from cnndsl.formats.data import DataError  # noqa: E402
+from cnndsl.formats.data.images import read_sample  # noqa: E402
 from cnndsl.ir import Graph, Layer  # noqa: E402
-from cnndsl.ops.registry import OPS, Context  # noqa: E402
+from cnndsl.ops import OPS  # noqa: E402
 from cnndsl.plot.diagram import shape_text  # noqa: E402
 from cnndsl.plot.errors import PlotError  # noqa: E402
-
-KERNEL_OPS = {"conv": "kernel", "depthwise_conv": "kernel", "separable_conv": "depthwise_kernel"}
+from cnndsl.runtime.executor import Executor, Observer  # noqa: E402
+from cnndsl.runtime.lower import Step  # noqa: E402
 
 
 def find_layer(g: Graph, path: str) -> Layer:
@@ -49,76 +51,45 @@ def find_layer(g: Graph, path: str) -> Layer:
 
 
 def load_image(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarray:
-    """An image file as a float32 array of the given (h, w, c) shape, values in [0, 1]."""
-    path = os.fspath(path)
-    if path.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise PlotError(f"cannot read array '{path}': {exc}") from None
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if tuple(arr.shape) != tuple(shape):
-            raise PlotError(
-                f"'{path}' holds an array of shape {list(arr.shape)}; the"
-                f" network's input is {list(shape)}"
-            )
-        return arr.astype(np.float32)
-    if len(shape) != 3 or shape[2] not in (1, 3, 4):
-        raise PlotError(
-            f"the network's input is {list(shape)}, not an image"
-            " (height, width, 1 or 3 channels); pass an .npy array instead"
-        )
-    from PIL import Image, UnidentifiedImageError
-
-    h, w, c = shape
+    """An image file or .npy array as one input of the given (h, w, c) shape, float32."""
     try:
-        with Image.open(path) as opened:
-            img = opened.convert({1: "L", 3: "RGB", 4: "RGBA"}[c])
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise PlotError(f"no such image: '{path}'") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
-        raise PlotError(f"cannot read image '{path}': {exc}") from None
-    return arr.reshape(h, w, c)
+        return np.asarray(read_sample(path, shape))
+    except DataError as exc:
+        raise PlotError(str(exc)) from None
 
 
-def activations(model: Any, x: np.ndarray, paths: Sequence[str]) -> dict[str, np.ndarray]:
+class _Collect(Observer):
+    """Host copies of the values of chosen steps; stops the run once it has them all."""
+
+    def __init__(self, wanted: set[int], to_host: Callable[[Any], np.ndarray]) -> None:
+        self.wanted = wanted
+        self.to_host = to_host
+        self.values: dict[int, np.ndarray] = {}
+
+    def output(self, step: Step, value: Any) -> bool:
+        if step.output in self.wanted:
+            # NOTE: a copy: a later in-place step (relu) may overwrite the executor's array.
+            self.values[step.output] = np.array(self.to_host(value))
+        return len(self.values) == len(self.wanted)
+
+
+def activations(model: Executor, x: np.ndarray, paths: Sequence[str]) -> dict[str, np.ndarray]:
     """Outputs of the layers at `paths` for the batch `x` (inference mode, on the host).
 
-    Runs only the steps those layers depend on, with numpy and the model's
-    current weights (`Model.layer_weights`).
+    Runs the model's own plan with its current weights, up to the last of
+    those layers (`Executor.observe`). A relu that lowering moved into its
+    producer shows the producer's output, which is the activated value.
     """
     plan = model.plan
     if len(plan.inputs) != 1:
         raise PlotError("feature maps need a network with exactly one input")
     wanted = [plan.index(p) for p in paths]
-    need: set[int] = set()
-    stack = list(wanted)
-    while stack:
-        i = stack.pop()
-        if i not in need:
-            need.add(i)
-            stack.extend(plan.steps[i].inputs)
-    dtype = getattr(model, "dtype", np.float32)
-    values: dict[int, np.ndarray] = {}
-    ctx = Context(training=False, rng=np.random.default_rng(0))
-    for step in plan.steps:
-        if step.output not in need:
-            continue
-        if step.op == "input":
-            values[step.output] = np.asarray(x, dtype=dtype)
-            continue
-        weights = model.layer_weights(step.path) if step.weights else {}
-        ins = [values[j] for j in step.inputs]
-        y, _ = OPS[step.op].forward(np, step.attrs, ins, weights, ctx)
-        values[step.output] = np.asarray(y)
-    return {p: values[i] for p, i in zip(paths, wanted, strict=True)}
+    collect = _Collect(set(wanted), model.backend.to_host)
+    model.observe(x, collect)
+    return {p: collect.values[i] for p, i in zip(paths, wanted, strict=True)}
 
 
-def feature_maps(model: Any, image: np.ndarray, path: str) -> np.ndarray:
+def feature_maps(model: Executor, image: np.ndarray, path: str) -> np.ndarray:
     """The output of layer `path` for one image (h, w, c) -> its maps (h', w', c')."""
     return activations(model, image[None], [path])[path][0]
 
@@ -129,16 +100,28 @@ def _grid(n: int, cell_aspect: float) -> tuple[int, int]:
     return cols, math.ceil(n / cols)
 
 
-def mosaic(cells: np.ndarray, cols: int, pad: int = 1, fill: float = np.nan) -> np.ndarray:
-    """Tile cells (n, h, w) or (n, h, w, 3) into one image with `pad` pixels between them."""
+def mosaic(
+    cells: np.ndarray, cols: int, pad: int = 1, fill: float = np.nan, top: int = 0
+) -> np.ndarray:
+    """Tile cells (n, h, w) or (n, h, w, 3) into one image, `pad` pixels apart.
+
+    `top` blank rows above each cell leave room for its number (`_label_cells`).
+    """
     n, h, w = cells.shape[:3]
     rows = math.ceil(n / cols)
     extra = cells.shape[3:]
-    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, *extra), fill, np.float64)
+    tall = h + top + pad
+    out = np.full((rows * tall - pad, cols * (w + pad) - pad, *extra), fill, np.float64)
     for i in range(n):
         r, c = divmod(i, cols)
-        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = cells[i]
+        y = r * tall + top
+        out[y : y + h, c * (w + pad) : c * (w + pad) + w] = cells[i]
     return out
+
+
+def label_band(h: int, n: int) -> int:
+    """Blank rows above each cell for its number: none past 64 cells (they go unnumbered)."""
+    return 0 if n > 64 else max(1, round(0.15 * h))
 
 
 def _normalise(cells: np.ndarray) -> np.ndarray:
@@ -168,7 +151,8 @@ def draw_feature_maps(
     cells = np.moveaxis(maps[..., :n], -1, 0).astype(np.float64)
     cols, rows = _grid(n, h / w)
     pad = max(1, round(max(h, w) / 40))
-    image = mosaic(_normalise(cells), cols, pad)
+    top = label_band(h, n)
+    image = mosaic(_normalise(cells), cols, pad, top=top)
     width = min(16.0, max(4.0, cols * min(6.0, 16.0 / cols)))
     height = width * image.shape[0] / image.shape[1] + 0.6
     fig, ax = plt.subplots(figsize=(width, min(height, 40.0)), layout="constrained")
@@ -181,7 +165,7 @@ def draw_feature_maps(
         interpolation="nearest" if max(h, w) <= 64 else "antialiased",
     )
     ax.set_axis_off()
-    _label_cells(ax, n, cols, h, w, pad)
+    _label_cells(ax, n, cols, h, w, pad, top)
     shown = f"channels 0–{n - 1} of {c}" if n < c else f"{c} channel{'s' if c != 1 else ''}"
     ax.set_title(f"{title}\n{shown}, each scaled to its own range" if title else shown, fontsize=10)
     return fig
@@ -189,12 +173,14 @@ def draw_feature_maps(
 
 def require_kernel(layer: Layer) -> str:
     """The name of the layer's spatial kernel weight; PlotError unless it is a conv layer."""
-    if layer.op not in KERNEL_OPS:
+    kernel = OPS[layer.op].drawn_kernel
+    if kernel is None:
+        drawn = sorted(name for name, op in OPS.items() if op.drawn_kernel)
         raise PlotError(
             f"'{layer.path}' is a {layer.op} layer ({layer.label}); --filters"
-            f" draws the kernels of {', '.join(KERNEL_OPS)} layers"
+            f" draws the kernels of {', '.join(drawn)} layers"
         )
-    return KERNEL_OPS[layer.op]
+    return kernel
 
 
 def conv_kernel(layer: Layer, weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -218,31 +204,35 @@ def draw_filters(
     if cin == 3:
         cells = np.moveaxis(kernel[..., :n], -1, 0).astype(np.float64)  # (n, fh, fw, 3)
         cols, rows = _grid(n, fh / fw)
-        image = mosaic(_normalise(cells), cols, 1, fill=1.0)
+        top = label_band(fh, n)
+        image = mosaic(_normalise(cells), cols, 1, fill=1.0, top=top)
         fig, ax = plt.subplots(figsize=_fig_size(image, 1.1 * cols), layout="constrained")
         ax.imshow(image, interpolation="nearest")
         ax.set_axis_off()
-        _label_cells(ax, n, cols, fh, fw)
+        _label_cells(ax, n, cols, fh, fw, 1, top)
         ax.set_title(f"{title}\n{note}, {fh}×{fw}×3 shown as RGB", fontsize=10)
         return fig
     if cin == 1:
         cells = np.moveaxis(kernel[:, :, 0, :n], -1, 0)
         cols, _ = _grid(n, fh / fw)
-        k = 1
+        k, top = 1, label_band(fh, n)
     else:
         k = min(cin, max_inputs)
         cells = np.transpose(kernel[:, :, :k, :n], (3, 2, 0, 1)).reshape(n * k, fh, fw)
-        cols = k
-    image = mosaic(cells.astype(np.float64), cols, 1)
+        cols, top = k, 0  # rows and columns are numbered on the axes instead
+    image = mosaic(cells.astype(np.float64), cols, 1, top=top)
     limit = float(np.nanmax(np.abs(image))) or 1.0
-    fig, ax = plt.subplots(figsize=_fig_size(image, 1.0 * cols + 1.5), layout="constrained")
+    # NOTE: the colour bar takes ~1.5 in of the width, not of the mosaic's.
+    fig, ax = plt.subplots(
+        figsize=_fig_size(image, 1.0 * cols + 1.5, beside=1.5), layout="constrained"
+    )
     colours = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     shown = ax.imshow(
         np.ma.masked_invalid(image), cmap=colours, vmin=-limit, vmax=limit, interpolation="nearest"
     )
     if cin == 1:
         ax.set_axis_off()
-        _label_cells(ax, n, cols, fh, fw)
+        _label_cells(ax, n, cols, fh, fw, 1, top)
     else:
         ax.set_xticks(
             [(fw + 1) * j + (fw - 1) / 2 for j in range(k)], [str(j) for j in range(k)], fontsize=7
@@ -260,28 +250,34 @@ def draw_filters(
     return fig
 
 
-def _fig_size(image: np.ndarray, width: float) -> tuple[float, float]:
-    """Figure inches for a mosaic: `width` wide (clamped), height by aspect, plus a title."""
+def _fig_size(image: np.ndarray, width: float, beside: float = 0.0) -> tuple[float, float]:
+    """Figure inches for a mosaic: `width` wide (clamped), height by aspect, plus a title.
+
+    `beside`: inches of the width that go to something next to the mosaic (a colour bar).
+    """
     width = min(14.0, max(4.0, width))
-    return width, min(30.0, max(2.5, width * image.shape[0] / image.shape[1] + 0.8))
+    shown = max(1.0, width - beside)
+    return width, min(30.0, max(2.5, shown * image.shape[0] / image.shape[1] + 0.8))
 
 
-def _label_cells(ax: Any, n: int, cols: int, h: int, w: int, pad: int = 1) -> None:
-    """Number the cells of a mosaic in their top-left corners (up to 64 of them)."""
-    if n > 64:
+def _label_cells(ax: Any, n: int, cols: int, h: int, w: int, pad: int = 1, top: int = 1) -> None:
+    """Number the cells of a mosaic in the blank band above each (up to 64 of them).
+
+    NOTE: above the cell, never on it: a badge on the cell hides its top-left value.
+    """
+    if n > 64 or top < 1:
         return
-    size = max(6.0, min(10.0, 60.0 / cols))
+    size = max(6.0, min(9.0, 54.0 / cols))
     for i in range(n):
         r, c = divmod(i, cols)
         ax.text(
-            c * (w + pad) - 0.5 + 0.3,
-            r * (h + pad) - 0.5 + 0.3,
+            c * (w + pad) - 0.5,
+            r * (h + top + pad) + top - 0.5,
             str(i),
-            color="#ffcc00",
+            color="#333333",
             fontsize=size,
-            va="top",
+            va="bottom",
             ha="left",
-            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0},
         )
 
 

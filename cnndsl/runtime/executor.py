@@ -12,14 +12,18 @@ batchnorm's moving statistics) stays current. Freezing decides which values
 need gradients at all.
 
 This is the engine under `cnndsl.training.model.Model`, kept apart from the Keras-style
-API (compile, fit, evaluate, predict) so that each reads on its own; the
-guards in cnndsl.training.guards replay its steps to find the layer that went wrong.
+API (compile, fit, evaluate, predict) so that each reads on its own.
+An `Observer` watches a run step by step (`observe`, `observe_gradients`), as
+torch.fx's `Interpreter.run_node` does: the non-finite guard in
+cnndsl.training.guards and the feature maps in cnndsl.plot.maps use it rather
+than a loop of their own. Unobserved runs pay one `is None` test per step.
 Raises ModelError for inputs of the wrong number or shape, networks with
 several outputs where one is needed, and freeze patterns that match no layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
@@ -31,6 +35,7 @@ from cnndsl.ir import Graph
 from cnndsl.ops import OPS
 from cnndsl.ops.registry import Context, WeightSpec
 from cnndsl.runtime.backends import Backend, get_backend
+from cnndsl.runtime.errors import ModelError
 from cnndsl.runtime.lower import (
     Plan,
     Step,
@@ -39,13 +44,44 @@ from cnndsl.runtime.lower import (
     strip_output_activation,
     weight_key,
 )
+from cnndsl.runtime.memory_guard import check_weights_fit
 from cnndsl.training.losses import Loss
 
 Array = Any
 
 
-class ModelError(Exception):
-    """A misuse of the model with a message for the user (bad data shape, no match, ...)."""
+class Observer:
+    """Hooks that watch a run step by step: subclass and override what you need.
+
+    Each hook returns True to stop the run there (nothing after it runs).
+    Values are the executor's own device arrays: a later in-place step may
+    overwrite one and the executor drops each after its last reader, so copy
+    what you keep. A step reports what it computed in the lowered plan: a
+    producer that runs its reader's activation (`cnndsl.runtime.lower`'s
+    fusion) reports the activated value, and so does that reader, now identity.
+    """
+
+    def output(self, step: Step, value: Array) -> bool:
+        """After each step's forward, in run order; the network's inputs included."""
+        return False
+
+    def loss(self, value: Array) -> bool:
+        """After the loss of a training run (`observe_gradients`), before backward."""
+        return False
+
+    def gradients(
+        self, step: Step, input_grads: Sequence[Array | None], weight_grads: Mapping[str, Array]
+    ) -> bool:
+        """After each step's backward, in reverse run order: its inputs' and weights' gradients.
+
+        weight_grads holds every weight gradient the kernel gave (by weight
+        name), frozen or not; input_grads is None where no gradient is needed.
+        """
+        return False
+
+
+class _Stop(Exception):
+    """An observer asked to stop the run (caught by `observe` and `observe_gradients`)."""
 
 
 # ---- initialisers ----
@@ -103,6 +139,7 @@ class Executor:
         self._caches: list[dict[str, Any]] = [{} for _ in self.plan.steps]
         self._layer_buffers = True
         self.frozen: set[str] = {layer.path for layer in graph if not layer.trainable}
+        check_weights_fit(graph, self.backend, self.dtype)  # before allocating, not after
         self._init_weights(seed)
         self._train_plans: dict[str, tuple[Plan, bool]] = {}
         self._refresh()
@@ -203,7 +240,7 @@ class Executor:
 
     # ---- forward and backward ----
     def _context(self, step: Step, training: bool) -> Context:
-        if training and step.op == "batchnorm" and step.path in self.frozen:
+        if training and OPS[step.op].frozen_as_inference and step.path in self.frozen:
             training = False
         return Context(
             training=training,
@@ -215,9 +252,18 @@ class Executor:
         )
 
     def _forward(
-        self, plan: Plan, xs: Sequence[Array], training: bool, keep: bool
+        self,
+        plan: Plan,
+        xs: Sequence[Array],
+        training: bool,
+        keep: bool,
+        observer: Observer | None = None,
     ) -> tuple[list[Array], list[Any] | None]:
-        """Run the plan; with keep=True also return what each step saved for backward."""
+        """Run the plan; with keep=True also return what each step saved for backward.
+
+        With an observer, each step's value goes to observer.output (raises _Stop
+        when it asks to stop).
+        """
         values: list[Array] = [None] * len(plan.steps)
         saved: list[Any] | None = [None] * len(plan.steps) if keep else None
         if len(xs) != len(plan.inputs):
@@ -234,6 +280,8 @@ class Executor:
         for step in plan.steps:
             i = step.output
             if step.op == "input":
+                if observer is not None and observer.output(step, values[i]):
+                    raise _Stop
                 continue
             ins = [values[j] for j in step.inputs]
             try:
@@ -246,14 +294,24 @@ class Executor:
             values[i] = y
             if saved is not None:
                 saved[i] = s
+            if observer is not None and observer.output(step, y):
+                raise _Stop
             for v in plan.frees[i]:
                 values[v] = None
         return [values[o] for o in plan.outputs], saved
 
     def _backward(
-        self, plan: Plan, saved: list[Any], output_grads: Mapping[int, Array]
+        self,
+        plan: Plan,
+        saved: list[Any],
+        output_grads: Mapping[int, Array],
+        observer: Observer | None = None,
     ) -> dict[str, Array]:
-        """Walk the steps in reverse; returns gradients of the updatable weights."""
+        """Walk the steps in reverse; returns gradients of the updatable weights.
+
+        With an observer, each step's gradients go to observer.gradients (raises
+        _Stop when it asks to stop).
+        """
         grads: list[Array] = [None] * len(plan.steps)
         for o, g in output_grads.items():
             grads[o] = g
@@ -273,6 +331,8 @@ class Executor:
                 e.add_note(f"while running backward of {step.where()}")
                 raise
             saved[i] = None
+            if observer is not None and observer.gradients(step, dxs, dws):
+                raise _Stop
             for name, g in dws.items():
                 key = weight_key(step.path, name)
                 if key in self._updatable:
@@ -291,10 +351,7 @@ class Executor:
         if key not in self._train_plans:
             act = output_activation(self.plan)
             step = self.plan.steps[self.plan.outputs[0]]
-            last_axis = step.op != "softmax" or step.attrs.get("axis", -1) in (
-                -1,
-                len(step.shape or ()) - 1,
-            )
+            last_axis = OPS[step.op].acts_along_last_axis(step.attrs, step.shape or ())
             if act is not None and act == loss.activation and last_axis:
                 self._train_plans[key] = (strip_output_activation(self.plan), True)
             else:
@@ -312,12 +369,18 @@ class Executor:
         return self.backend.to_device(y.astype(np.int64))
 
     def _loss_and_output(
-        self, x: Array, y: Array, loss: Loss, training: bool, keep: bool
+        self,
+        x: Array,
+        y: Array,
+        loss: Loss,
+        training: bool,
+        keep: bool,
+        observer: Observer | None = None,
     ) -> tuple[Array, Array, Array, Plan, list[Any] | None]:
         """(loss, d loss/d plan output, network output probabilities, plan, saved)."""
         plan, fused = self._train_plan(loss)
         self._single_output()
-        (out,), saved = self._forward(plan, [x], training, keep)
+        (out,), saved = self._forward(plan, [x], training, keep, observer)
         if fused:
             value, grad, p = loss.from_logits(self.xp, out, y)
         else:
@@ -332,6 +395,35 @@ class Executor:
             (out,), _ = self._forward(self.plan, [batch], training, keep=False)
         return self.backend.to_host(out)
 
+    # ---- observed runs ----
+    def observe(self, x: Any, observer: Observer, training: bool = False) -> None:
+        """Run a batch forward (host or device array), each step's value to observer.output.
+
+        Runs the network as `__call__` does (its final activation included)
+        until the observer asks to stop; the values stay on the device.
+        """
+        batch = self.backend.to_device(x, dtype=self.dtype)
+        with self.backend.compute_scope(self.macs * len(batch)), contextlib.suppress(_Stop):
+            self._forward(self.plan, [batch], training, keep=False, observer=observer)
+
+    def observe_gradients(self, x: Array, y: Array, loss: Loss, observer: Observer) -> None:
+        """A training step without the update, every value to the observer, until it stops.
+
+        x and y are device arrays, as a training step holds them. Runs the plan
+        that `loss` trains (logits out where the loss absorbs the final
+        activation): each step's output, then the loss, then each step's
+        gradients in backward order. Changes what a training forward changes
+        (batchnorm's moving statistics, the device generator).
+        """
+        with self.backend.compute_scope(3 * self.macs * len(x)), contextlib.suppress(_Stop):
+            value, grad, _, plan, saved = self._loss_and_output(
+                x, y, loss, training=True, keep=True, observer=observer
+            )
+            if observer.loss(value):
+                return
+            assert saved is not None
+            self._backward(plan, saved, {plan.outputs[0]: grad}, observer)
+
     def _single_output(self) -> None:
         if len(self.plan.outputs) != 1:
             raise ModelError("training and evaluation support networks with one output")
@@ -341,4 +433,4 @@ def _path(key: str) -> str:
     return key.rsplit(":", 1)[0]
 
 
-__all__ = ["Executor", "ModelError", "fans", "initial_value"]
+__all__ = ["Executor", "ModelError", "Observer", "fans", "initial_value"]

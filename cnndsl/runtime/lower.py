@@ -17,14 +17,19 @@ graph around a step, so that no kernel decides them per call:
 - `Op.plan` variants, merged into the step's attrs (conv's forward kernel:
   im2col or Winograd; its input gradient: "full" convolution, Winograd or
   col2im; its kernel gradient: im2col or Winograd; all by the layer's shape);
-- fusion (`fuse`): a zeropad read only by a convolution joins that
-  convolution's own padding (`fuse_zeropad`); a relu/relu6 whose input is
-  read by nothing else moves into the producer (batchnorm's or a residual
-  add's kernel, or a conv/dense's `activation=`; `ACTIVATION_HOSTS`), and
-  the activation's own step becomes `identity` (attrs fused_into=producer),
-  keeping indices and liveness; any other relu/relu6 that is its input's
-  only reader, where the producer hands over a fresh array it keeps no
-  reference to (`Op.fresh_output`), runs in place (attrs inplace=True).
+- fusion (`fuse`): a zeropad (`Op.zero_border`) read only by a convolution
+  (`Op.pads_itself`) joins that convolution's own padding (`fuse_zeropad`);
+  a relu/relu6 (`Op.in_place`) whose input is read by nothing else moves
+  into the producer where the producer's kernel can apply it
+  (`Op.hosts_activation`: batchnorm's or a residual add's kernel, or a
+  conv/dense's `activation=`), and the activation's own step becomes
+  `identity` (attrs fused_into=producer), keeping indices and liveness; any
+  other relu/relu6 that is its input's only reader, where the producer hands
+  over a fresh array it keeps no reference to (`Op.fresh_output`), runs in
+  place (attrs inplace=True).
+
+What lowering asks of an op are its `Op` attributes and methods; no op is
+named here but `identity`, the op a step becomes when its work moves elsewhere.
 """
 
 from __future__ import annotations
@@ -35,9 +40,6 @@ from dataclasses import dataclass, replace
 from cnndsl.ir import Graph
 from cnndsl.ops.registry import OPS, Attrs, Shape
 from cnndsl.source import Span
-
-# Ops that take a fused `activation=` attribute, which the loss may strip off.
-FUSABLE = ("conv", "depthwise_conv", "separable_conv", "dense")
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,7 @@ def lower(g: Graph, fuse: bool = True) -> Plan:
     return fuse_activations(fuse_zeropad(plan)) if fuse else plan
 
 
-_IDENTITY = OPS["identity"].bind()
-
-# Readers whose kernels pad with zeros themselves (a zeropad before them folds in).
-PADDING_HOSTS = ("conv", "depthwise_conv", "separable_conv")
+_IDENTITY = OPS["identity"].bind()  # what a step whose work moved elsewhere becomes
 
 
 def fuse_zeropad(plan: Plan) -> Plan:
@@ -152,35 +151,25 @@ def fuse_zeropad(plan: Plan) -> Plan:
     steps = list(plan.steps)
     changed = False
     for step in plan.steps:
-        if step.op != "zeropad" or step.output in plan.outputs:
+        border = OPS[step.op].zero_border(step.attrs)
+        if border is None or step.output in plan.outputs:
             continue
         readers = plan.consumers[step.output]
         if len(readers) != 1:
             continue
         reader = steps[readers[0]]
-        if reader.op not in PADDING_HOSTS or reader.inputs != (step.output,):
+        if not OPS[reader.op].pads_itself or reader.inputs != (step.output,):
             continue
         if "pad_input" in reader.attrs:
             continue
         steps[reader.output] = replace(
-            reader, attrs=reader.attrs.replace(pad_input=step.attrs["padding"]), inputs=step.inputs
+            reader, attrs=reader.attrs.replace(pad_input=border), inputs=step.inputs
         )
         steps[step.output] = replace(
             step, op="identity", attrs=_IDENTITY.replace(fused_into=reader.path)
         )
         changed = True
     return _plan(tuple(steps), plan.inputs, plan.outputs) if changed else plan
-
-
-# Activations whose kernels can run inside a producer or overwrite their input.
-FOLDABLE_ACTIVATIONS = ("relu", "relu6")
-# Producers whose kernels apply a relu/relu6 while the data is hot.
-ACTIVATION_HOSTS = {
-    "batchnorm": FOLDABLE_ACTIVATIONS,
-    "conv": ("relu",),
-    "dense": ("relu",),
-    "add": ("relu",),
-}
 
 
 def fuse_activations(plan: Plan) -> Plan:
@@ -190,13 +179,13 @@ def fuse_activations(plan: Plan) -> Plan:
     """
     steps = list(plan.steps)
     for step in plan.steps:
-        if step.op not in FOLDABLE_ACTIVATIONS or len(step.inputs) != 1:
+        if not OPS[step.op].in_place or len(step.inputs) != 1:
             continue
         j = step.inputs[0]
         src = steps[j]
         if plan.consumers[j] != (step.output,) or j in plan.outputs or j in plan.inputs:
             continue
-        if step.output not in plan.outputs and _can_host(src, step.op):
+        if step.output not in plan.outputs and OPS[src.op].hosts_activation(src.attrs, step.op):
             steps[j] = replace(src, attrs=src.attrs.replace(activation=step.op))
             steps[step.output] = replace(
                 step, op="identity", attrs=_IDENTITY.replace(fused_into=src.path)
@@ -204,12 +193,6 @@ def fuse_activations(plan: Plan) -> Plan:
         elif OPS[src.op].fresh_output(src.attrs):
             steps[step.output] = replace(step, attrs=step.attrs.replace(inplace=True))
     return replace(plan, steps=tuple(steps))
-
-
-def _can_host(src: Step, act: str) -> bool:
-    if act not in ACTIVATION_HOSTS.get(src.op, ()):
-        return False
-    return src.attrs.get("activation", "none") in ("none", None)
 
 
 def _plan(steps: tuple[Step, ...], inputs: tuple[int, ...], outputs: tuple[int, ...]) -> Plan:
@@ -240,12 +223,7 @@ def _plan(steps: tuple[Step, ...], inputs: tuple[int, ...], outputs: tuple[int, 
 def output_activation(plan: Plan, output: int | None = None) -> str | None:
     """The activation that ends the network at `output` (softmax, sigmoid, ...), if any."""
     step = plan.steps[plan.outputs[0] if output is None else output]
-    if OPS[step.op].is_activation:
-        return step.op if step.op != "identity" else None
-    if step.op in FUSABLE and "activation" in step.attrs:
-        act = step.attrs["activation"]
-        return None if act in (None, "none", "identity") else str(act)
-    return None
+    return OPS[step.op].final_activation(step.attrs)
 
 
 def strip_output_activation(plan: Plan, output: int | None = None) -> Plan:
@@ -257,21 +235,18 @@ def strip_output_activation(plan: Plan, output: int | None = None) -> Plan:
     """
     out = plan.outputs[0] if output is None else output
     step = plan.steps[out]
-    if OPS[step.op].is_activation:
-        new = replace(step, op="identity", attrs=OPS["identity"].bind())
-    elif step.op in FUSABLE:
-        new = replace(step, attrs=step.attrs.replace(activation="none"))
-    else:
+    op = OPS[step.op]
+    if op.final_activation(step.attrs) is None:
         return plan
+    if op.is_activation:
+        new = replace(step, op="identity", attrs=_IDENTITY)
+    else:
+        new = replace(step, attrs=step.attrs.replace(activation="none"))
     steps = tuple(new if s.output == out else s for s in plan.steps)
     return replace(plan, steps=steps)
 
 
 __all__ = [
-    "ACTIVATION_HOSTS",
-    "FOLDABLE_ACTIVATIONS",
-    "FUSABLE",
-    "PADDING_HOSTS",
     "fuse_activations",
     "fuse_zeropad",
     "Plan",

@@ -14,9 +14,11 @@ DIR/checkpoint-<step>.npz, one per save, the newest `keep` kept. Each holds:
 A write goes to a temporary file in the same folder, is flushed and fsynced,
 renamed over the final name and the folder fsynced: a crash leaves the old
 checkpoints and at worst a stray temporary file, never a half-written
-checkpoint. Resuming takes the newest checkpoint that reads back whole
-(warning about each one skipped) and refuses one written for another network,
-naming the first differences.
+checkpoint. One run writes in a folder at a time (its lock:
+cnndsl.training.checkpoint_folder). Resuming takes the newest checkpoint that
+passes every check of cnndsl.training.checkpoint_schema (warning about each
+one skipped, and setting it aside) and refuses one written for another
+network, naming the first differences.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,25 @@ import numpy as np
 from cnndsl.formats.weights import read_npz, write_npz
 from cnndsl.ir import Graph
 from cnndsl.runtime.executor import ModelError
+from cnndsl.training.checkpoint_folder import (
+    LOCK_NAME,
+    TEMP_PREFIX,
+    FolderLock,
+    alive,
+    check_checkpoint_folder,
+    write_fix,
+    write_problem,
+    writer_pid,
+)
+from cnndsl.training.checkpoint_schema import (
+    BadCheckpoint,
+    Meta,
+    MissingArray,
+    Restorable,
+    check_arrays,
+    check_meta,
+    check_rng_state,
+)
 from cnndsl.training.guards import all_finite, rng_state, set_rng_state
 from cnndsl.training.history import History
 
@@ -48,7 +70,6 @@ if TYPE_CHECKING:
 FORMAT = "cnndsl-checkpoint"
 VERSION = 1
 PREFIX = "checkpoint-"
-TEMP_PREFIX = ".checkpoint-"
 
 
 class CheckpointWarning(UserWarning):
@@ -163,7 +184,11 @@ def labels_digest(y: np.ndarray) -> str:
 
 
 class Checkpointer:
-    """Saves a run to `folder` every `every` steps (None: epoch ends only) and at epoch ends."""
+    """Saves a run to `folder` every `every` steps (None: epoch ends only) and at epoch ends.
+
+    Holds the folder's lock from creation until `close()` (fit closes it when it
+    returns or raises; a process that ends lets go of it anyway).
+    """
 
     def __init__(self, folder: str | os.PathLike[str], every: int | None = None, keep: int = 3):
         if every is not None and every < 1:
@@ -184,16 +209,53 @@ class Checkpointer:
             ) from None
         if not self.folder.is_dir():
             raise ModelError(f"{self.folder}: not a folder; --checkpoint takes a folder")
-        for stale in self.folder.glob(TEMP_PREFIX + "*.tmp"):  # left by a killed write
+        self.lock = FolderLock(self.folder)
+        try:
+            previous = self.lock.acquire()
+        except OSError as e:
+            raise ModelError(
+                f"{self.folder}: cannot write in the checkpoint folder ({e.strerror or e});"
+                f" {write_fix(e)}"
+            ) from None
+        self._release = weakref.finalize(self, self.lock.release)
+        problem = write_problem(self.folder)
+        if problem:
+            self.close()
+            raise ModelError(problem)
+        if previous is not None:
+            warnings.warn(
+                f"{self.folder}: taking over the lock left by process {previous}, which"
+                f" {'no longer holds it' if alive(previous) else 'is no longer running'}",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files of writes that were killed: never one a live process owns."""
+        for stale in self.folder.glob(TEMP_PREFIX + "*.tmp"):
+            pid = writer_pid(stale.name)
+            if pid is not None and pid != os.getpid() and alive(pid):
+                continue  # NOTE: a run that does not lock (an older cnndsl) may be writing it
             with contextlib.suppress(OSError):
                 stale.unlink()
+
+    def close(self) -> None:
+        """Let go of the folder's lock."""
+        self._release()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def files(self) -> list[Path]:
         """Checkpoint files in the folder, oldest first (by step number)."""
         found = []
         for p in self.folder.glob(PREFIX + "*.npz"):
             number = p.name[len(PREFIX) : -len(".npz")]
-            if number.isdigit():
+            if number.isascii() and number.isdigit():  # NOTE: not '²³', which isdigit() accepts
                 found.append((int(number), p))
         return [p for _, p in sorted(found)]
 
@@ -245,11 +307,11 @@ class Checkpointer:
         path = self.folder / f"{PREFIX}{state.step:09d}.npz"
         self.written += 1
         try:
-            write_npz(path, arrays, prefix=TEMP_PREFIX, suffix=".tmp")
+            # NOTE: the process id in the temporary name tells a later run whose write it was.
+            write_npz(path, arrays, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp")
         except OSError as e:
             raise ModelError(
-                f"{path}: cannot write the checkpoint ({e.strerror or e}); free some space or"
-                " pass another --checkpoint folder"
+                f"{path}: cannot write the checkpoint ({e.strerror or e}); {write_fix(e)}"
             ) from None
         self.latest = str(path)
         for old in self.files()[: -self.keep]:
@@ -261,7 +323,11 @@ class Checkpointer:
     def resume(self, model: Model, state: TrainState) -> TrainState:
         """Restore the newest good checkpoint into model; the state to continue from.
 
-        Returns `state` unchanged (with a warning) when the folder has none.
+        Every checkpoint is checked whole (cnndsl.training.checkpoint_schema)
+        before any of it is used; one that fails is set aside with a warning and
+        the one before is tried. Returns `state` unchanged (with a warning) when
+        the folder has none. A checkpoint of another network or other data is
+        refused (ModelError, the lock let go).
         """
         here = fingerprint(model.graph)
         for path in reversed(self.files()):
@@ -269,18 +335,26 @@ class Checkpointer:
             if found is None:
                 continue
             meta, stored = found
-            if meta["spec_hash"] != spec_hash(here):
-                raise ModelError(
-                    f"{path}: checkpoint of a different network: "
-                    f"{differences(here, meta['layers'])}; resume with the spec it was written"
-                    " from, or pass another --checkpoint folder to start afresh"
-                )
-            self._check_data(path, meta)
             try:
-                restored = self._restore(model, path, meta, stored)
-            except (KeyError, ValueError, TypeError) as e:
-                self._set_aside(path, f"{path}: incomplete checkpoint ({e})")
+                if meta.spec_hash != spec_hash(here):
+                    raise ModelError(
+                        f"{path}: checkpoint of a different network: "
+                        f"{differences(here, meta.layers)}; resume with the spec it was written"
+                        " from, or pass another --checkpoint folder to start afresh"
+                    )
+                self._check_data(path, meta)
+            except ModelError:
+                self.close()
+                raise
+            try:
+                check_rng_state(meta.rng_host, model.rng, "rng.host")
+                if rng_state(model.backend.rng) is not None:
+                    check_rng_state(meta.rng_device, model.backend.rng, "rng.device")
+                arrays = check_arrays(model, meta, stored)
+            except BadCheckpoint as e:
+                self._set_aside(path, f"{path}: {_problem(e)}")
                 continue
+            restored = self._restore(model, path, meta, arrays)
             self.latest = str(path)
             restored.history.params["resumed_from"] = str(path)
             return restored
@@ -291,32 +365,46 @@ class Checkpointer:
         )
         return state
 
-    def _read(self, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-        """A checkpoint's metadata and arrays, or None (with a warning) if it is unusable."""
+    def _read(self, path: Path) -> tuple[Meta, dict[str, np.ndarray]] | None:
+        """A checkpoint's checked metadata and arrays, or None (with a warning) if unusable."""
         try:
             stored = read_npz(path, "checkpoint", fix="resuming from an older one")
             raw = stored.get("meta")
-            if raw is None or raw.dtype != np.uint8:
+            if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
                 raise ModelError(f"{path}: not a cnndsl checkpoint (no metadata)")
             try:
                 meta = json.loads(raw.tobytes().decode())
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ModelError(f"{path}: corrupt checkpoint metadata ({e})") from None
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                # NOTE: RecursionError: JSON nested thousands deep; ValueError: also
+                # integers of more than 4300 digits.
+                raise ModelError(
+                    f"{path}: corrupt checkpoint metadata ({type(e).__name__}: {_short(e)})"
+                ) from None
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ModelError(f"{path}: not a cnndsl checkpoint (no format tag)")
+            version = meta.get("version")
+            if type(version) is not int:
+                raise ModelError(f"{path}: corrupt checkpoint metadata (no format version)")
         except ModelError as e:
             self._set_aside(path, str(e))
             return None
-        if meta.get("version") != VERSION:
+        if version != VERSION:
             # NOTE: kept where it is: a newer cnndsl may read it.
             warnings.warn(
-                f"skipping {path}: checkpoint format version {meta.get('version')}; this"
+                f"skipping {path}: checkpoint format version {version}; this"
                 f" cnndsl reads {VERSION}",
                 CheckpointWarning,
                 stacklevel=4,
             )
             return None
-        return meta, stored
+        try:
+            checked = check_meta(meta)
+            if spec_hash(checked.layers) != checked.spec_hash:
+                raise BadCheckpoint("spec_hash does not match the checkpoint's own layers")
+        except BadCheckpoint as e:
+            self._set_aside(path, f"{path}: corrupt checkpoint metadata ({e})")
+            return None
+        return checked, stored
 
     def _set_aside(self, path: Path, problem: str) -> None:
         """Rename an unusable checkpoint, so that new ones are not pruned in its favour."""
@@ -331,16 +419,17 @@ class Checkpointer:
             )
 
     def refuse_existing(self) -> None:
-        """A fresh run must not mix its checkpoints with an older run's."""
+        """A fresh run must not mix its checkpoints with an older run's (the lock let go)."""
         existing = self.files()
         if existing:
+            self.close()
             raise ModelError(
                 f"{self.folder} already holds checkpoints (newest: {existing[-1].name});"
                 " pass --resume (resume=True) to continue that run, or choose an empty folder"
             )
 
-    def _check_data(self, path: Path, meta: dict[str, Any]) -> None:
-        then = meta.get("data", {})
+    def _check_data(self, path: Path, meta: Meta) -> None:
+        then = meta.data
         for key, what in (("samples", "training samples"), ("labels", "training labels")):
             if key in then and key in self.data and then[key] != self.data[key]:
                 raise ModelError(
@@ -348,44 +437,29 @@ class Checkpointer:
                     f" {then[key]} then, {self.data[key]} now); resume with the same --data,"
                     " --test-split and --validation-split, or start afresh in another folder"
                 )
-        if meta["batch"] > 0 and then.get("batch_size") != self.data.get("batch_size"):
+        if meta.batch > 0 and then.get("batch_size") != self.data.get("batch_size"):
             raise ModelError(
                 f"{path}: the checkpoint is in the middle of an epoch of batch size"
                 f" {then.get('batch_size')}; resume with --batch-size {then.get('batch_size')}"
             )
 
-    def _restore(
-        self, model: Model, path: Path, meta: dict[str, Any], stored: dict[str, np.ndarray]
-    ) -> TrainState:
-        # Read and check everything first: a bad checkpoint must leave the model untouched.
-        weights = {k: stored[f"weights/{k}"] for k in model.specs}
-        for key, value in weights.items():
-            if value.shape != model.specs[key].shape or value.dtype.kind != "f":
-                raise ValueError(f"{key} is {value.dtype} {list(value.shape)}")
-        slots = {k[len("optimizer/") :]: v for k, v in stored.items() if k.startswith("optimizer/")}
-        batch = int(meta["batch"])
-        order = stored.get("order") if batch > 0 else None
-        if batch > 0 and order is None:
-            raise KeyError("order")
-        then = dict(meta["optimizer"]["config"])
-        iterations = int(meta["optimizer"]["iterations"])
-        host, device = meta["rng"]["host"], meta["rng"]["device"]
+    def _restore(self, model: Model, path: Path, meta: Meta, arrays: Restorable) -> TrainState:
+        """Put a checked checkpoint into model; nothing here can fail half-way."""
         history = History()
-        history.epoch = [int(e) for e in meta["history"]["epoch"]]
-        history.history = {
-            k: [float(v) for v in vs] for k, vs in meta["history"]["history"].items()
-        }
+        history.epoch = list(meta.history_epoch)
+        history.history = {k: list(vs) for k, vs in meta.history.items()}
         state = TrainState(
-            epoch=int(meta["epoch"]),
-            batch=batch,
-            step=int(meta["step"]),
-            order=order,
-            sums={k: float(v) for k, v in meta["sums"].items()},
-            counts={k: int(v) for k, v in meta["counts"].items()},
+            epoch=meta.epoch,
+            batch=meta.batch,
+            step=meta.step,
+            order=arrays.order,
+            sums=dict(meta.sums),
+            counts=dict(meta.counts),
             history=history,
         )
-        for key, value in weights.items():
+        for key, value in arrays.weights.items():
             model._assign(key, value)
+        then = meta.optimizer
         if then != model.optimizer.config:
             warnings.warn(
                 f"{path}: the optimizer was {_config(then)}; continuing with"
@@ -393,10 +467,11 @@ class Checkpointer:
                 CheckpointWarning,
                 stacklevel=4,
             )
-        if then.get("name") != model.optimizer.name:
-            slots = {}  # another optimizer's slots mean nothing to this one
-        model.optimizer.load_state_dict({"iterations": iterations, "slots": slots}, model.xp)
-        set_rng_state(model.rng, host)
+        model.optimizer.load_state_dict(
+            {"iterations": meta.iterations, "slots": arrays.slots}, model.xp
+        )
+        set_rng_state(model.rng, meta.rng_host)
+        device = meta.rng_device
         if device is not None and rng_state(model.backend.rng) is not None:
             set_rng_state(model.backend.rng, device)
         else:
@@ -407,6 +482,17 @@ class Checkpointer:
                 stacklevel=4,
             )
         return state
+
+
+def _problem(e: BadCheckpoint) -> str:
+    """A failed check in the words of the documented warnings."""
+    kind = "incomplete" if isinstance(e, MissingArray) else "corrupt"
+    return f"{kind} checkpoint ({e})"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _jsonable(state: Any) -> Any:
@@ -456,11 +542,15 @@ class Interrupts:
 
 
 __all__ = [
+    "LOCK_NAME",
+    "TEMP_PREFIX",
     "CheckpointWarning",
     "Checkpointer",
+    "FolderLock",
     "Interrupts",
     "TrainState",
     "TrainingInterrupted",
+    "check_checkpoint_folder",
     "differences",
     "fingerprint",
     "labels_digest",

@@ -13,9 +13,11 @@ so its parameters, defaults and docs have one place to change.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,46 +46,54 @@ def fit(
     y: Any,
     epochs: int | None = None,
     batch_size: int | None = None,
-    validation_split: float = 0.0,
+    validation_split: float | None = None,
     validation_data: tuple[Any, Any] | None = None,
     shuffle: bool = True,
     callbacks: Iterable[Callback] = (),
     loss: str | Loss | None = None,
     optimizer: str | Mapping[str, Any] | Optimizer | None = None,
     metrics: Sequence[str] | None = None,
+    lr: float | None = None,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     initial_epoch: int = 0,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     keep: int = 3,
     resume: bool = False,
+    verbose: int | str = "auto",
 ) -> History:
     """Train for `epochs`; returns History with loss, metrics and val_* per epoch.
 
-    Called as `model.fit(x, y, ...)`. Like Keras, validation_split takes the
-    last fraction of (x, y) before shuffling. `augment(batch, rng)` transforms
-    each training batch on the host.
+    Called as `model.fit(x, y, ...)`. A setting not given (None) is the spec's
+    train section's, else its default (cnndsl.training.settings): epochs,
+    batch_size (the spec's `batch`), validation_split, and loss, optimizer,
+    metrics and lr as `Model.compile` takes them. Like Keras, validation_split
+    takes the last fraction of (x, y) before shuffling, and validation_data
+    replaces it. `augment(batch, rng)` transforms each training batch on the host.
     With checkpoint_dir, the run is saved there every `checkpoint_every` steps
     and at each epoch end (the newest `keep` kept); resume=True continues from
     the newest good one, ending with the same weights as an uninterrupted run.
     Ctrl-C stops between two steps (saving a checkpoint) with TrainingInterrupted;
     a NaN or infinite loss raises NonFiniteLoss; a batch that will not fit in
     memory (Model.max_memory, else what is free) raises OutOfMemoryPlan.
+    verbose, as Keras' (on stderr): 0 quiet, 1 a progress bar (on a terminal)
+    and a line per epoch, 2 a line per epoch; "auto" (the default) is 1 where
+    stderr is a terminal or a notebook, else 0, so scripts and tests stay quiet.
+    Batchnorm layers whose moving statistics had too few updates for their
+    momentum get a ShortStatisticsWarning at the end (see warn_short_statistics).
     """
 
-    model.compile(loss, optimizer, metrics)
+    model.compile(loss, optimizer, metrics, lr)
     model._single_output()
-    epochs = model.epochs if epochs is None else int(epochs)
-    batch_size = model.batch_size if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise ModelError(f"batch size must be >= 1, got {batch_size}")
+    run = model.settings.overridden(
+        epochs=epochs, batch=batch_size, validation_split=validation_split
+    )
+    epochs, batch_size, validation_split = run.epochs, run.batch, run.validation_split
     n = len(x)
     if len(y) != n:
         raise ModelError(f"x has {n} samples but y has {len(y)}")
     train_idx = np.arange(n)
     if validation_data is None and validation_split:
-        if not 0 < validation_split < 1:
-            raise ModelError(f"validation_split must be in (0, 1), got {validation_split}")
         n_val = int(n * validation_split)
         if n_val == 0 or n_val == n:
             raise ModelError(
@@ -94,6 +104,7 @@ def fit(
         validation_data = (x[val_idx], np.asarray(y)[val_idx])
     model._check_memory(min(batch_size, len(train_idx)), training=True)
     y_all = np.asarray(y)
+    model.loss.check_labels(y_all, model.output_shape)
     state = TrainState(epoch=initial_epoch)
     saver = None
     if checkpoint_dir is not None:
@@ -120,14 +131,23 @@ def fit(
         "optimizer": model.optimizer.config,
         "metrics": list(model.metric_names),
     }
-    callbacks = list(callbacks)
+    callbacks = [*_verbose_callbacks(verbose), *callbacks]
+    if state.step:  # NOTE: a resumed run's moving statistics have had its earlier steps
+        model.moving_updates = {
+            p: None if c is None else max(c, state.step) for p, c in model.moving_updates.items()
+        }
     for cb in callbacks:
         cb.model = model
     model.stop_training = False
     for cb in callbacks:
         cb.on_train_begin(dict(history.params))
     interrupts = Interrupts()
-    with model.backend.compute_scope(3 * model.macs * batch_size), interrupts.installed():
+    # NOTE: the checkpoint folder's lock is let go however fit ends.
+    with (
+        model.backend.compute_scope(3 * model.macs * batch_size),
+        interrupts.installed(),
+        saver if saver is not None else contextlib.nullcontext(),
+    ):
         while state.epoch < epochs:
             epoch = state.epoch
             for cb in callbacks:
@@ -162,7 +182,68 @@ def fit(
                 break
     for cb in callbacks:
         cb.on_train_end(history.history)
+    warn_short_statistics(model)
     return history
+
+
+class ShortStatisticsWarning(UserWarning):
+    """Batchnorm's moving statistics had too few updates to forget their initial values."""
+
+
+# Updates for a moving average to forget its start: momentum**n < e**-3, about 5%.
+FORGET = 3.0
+
+
+def warn_short_statistics(model: Model) -> None:
+    """Warn (ShortStatisticsWarning) for layers whose moving statistics are mostly initial.
+
+    With momentum m, after n updates the initial value still weighs m**n ~ exp(-n(1-m));
+    below n = 3/(1-m) (300 for Keras' 0.99) it weighs more than 5%, and inference,
+    which uses the moving statistics, looks far worse than training. Names the
+    layers, their updates, and the momentum that would fit: 1 - 3/n.
+    """
+    short: dict[tuple[float, int], list[str]] = {}
+    for step in model.plan.steps:
+        updates = model.moving_updates.get(step.path)
+        momentum = float(getattr(step.attrs, "momentum", 0.0))
+        # NOTE: a layer never trained here (frozen, or updates None: loaded) is not the momentum's.
+        if updates is None or updates == 0 or step.path in model.frozen:
+            continue
+        if momentum >= 1 or updates < FORGET / (1 - momentum):
+            short.setdefault((momentum, updates), []).append(step.path)
+    for (momentum, updates), paths in short.items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        fits = max(math.floor((1 - FORGET / updates) * 100) / 100, 0.0)
+        warnings.warn(
+            ShortStatisticsWarning(
+                f"batchnorm {shown}: the moving statistics had {updates} updates, too few for"
+                f" momentum {momentum:g} ({_needed(momentum)}),"
+                f" so evaluation and predictions use mostly their initial values and look"
+                f" worse than training; train longer or set momentum={fits:g} (1 - 3/{updates})"
+            ),
+            stacklevel=3,
+        )
+
+
+def _needed(momentum: float) -> str:
+    if momentum >= 1:
+        return "which never moves them"
+    return f"about {math.ceil(FORGET / (1 - momentum))} needed"
+
+
+def _verbose_callbacks(verbose: int | str) -> list[Callback]:
+    """The progress callbacks `verbose` asks for (0, 1, 2 or "auto")."""
+    from cnndsl.training.progress import EpochLines, ProgressBar
+
+    if verbose == "auto":
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        verbose = 1 if console.is_terminal or console.is_jupyter else 0
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ModelError(f"verbose must be 0, 1, 2 or 'auto', not {verbose!r}")
+    shown: list[Callback] = [EpochLines()] if verbose else []
+    return [ProgressBar(), *shown] if verbose == 1 else shown
 
 
 def _train_epoch(
@@ -231,4 +312,4 @@ def _interrupted(state: TrainState, checkpoint: str | None) -> None:
     raise TrainingInterrupted(f"interrupted {where}{kept}", checkpoint)
 
 
-__all__ = ["Callback", "History", "fit"]
+__all__ = ["Callback", "History", "ShortStatisticsWarning", "fit", "warn_short_statistics"]

@@ -1,54 +1,42 @@
-"""Run-time guards: refuse a batch that will not fit in memory; locate a non-finite loss.
+"""Training guards: memory (from cnndsl.runtime.memory_guard), and non-finite or exploding losses.
 
-Input: a built `Model` and what it is about to run.
-
-Memory: before training, evaluation or prediction, the executor's memory plan
-for the batch (`cnndsl.passes.memory`, plus the optimizer's temporaries) is
-compared with the memory available: /proc/meminfo's MemAvailable capped by
-the cgroup limit (a container's), or the GPU's free memory for CuPy;
-`Model.max_memory` (`cnndsl run --max-memory 8G`) replaces that figure.
-OutOfMemoryPlan gives both figures and the largest batch that fits, instead
-of the process being killed halfway through an epoch.
+Input: a built `Model` and what it is about to run. The memory checks live
+with the executor, which runs one before allocating weights; they are
+re-exported here beside the training-time checks.
 
 Non-finite values: when a training step's loss or gradients are NaN or
-infinite, the step is not applied and the batch is run again, checking each
-layer's output in order, then the loss, then the gradients in backward order;
-NonFiniteLoss names the first place non-finite values appear.
+infinite, the step is not applied and the batch is run again under an
+executor `Observer`, checking each layer's output in order, then the loss,
+then the gradients in backward order; NonFiniteLoss names the first place
+non-finite values appear.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnndsl.ops import OPS
 from cnndsl.passes.memory import estimate_memory, largest_batch
-from cnndsl.runtime.executor import ModelError
+from cnndsl.runtime import memory_guard
+from cnndsl.runtime.executor import ModelError, Observer
+from cnndsl.runtime.lower import Step
+from cnndsl.runtime.memory_guard import (
+    OutOfMemoryPlan,
+    available_memory,
+    check_weights_fit,
+    parse_size,
+)
 from cnndsl.summary import human
+from cnndsl.training.history import Callback
 from cnndsl.training.losses import Loss
 
 if TYPE_CHECKING:
     from cnndsl.training.model import Model
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-CGROUP = Path("/sys/fs/cgroup")  # where a container's memory limit is read
-GPU_SOURCE = "free GPU memory (cudaMemGetInfo + CuPy's pool)"
-
-
-class OutOfMemoryPlan(ModelError):
-    """A batch whose memory plan exceeds the memory free: both figures, the batch that fits."""
-
-    def __init__(self, message: str, needed: int, available: int, largest: int) -> None:
-        super().__init__(message)
-        self.needed = needed
-        self.available = available
-        self.largest_batch = largest
 
 
 class NonFiniteLoss(ModelError):
@@ -84,69 +72,6 @@ class NonFiniteLoss(ModelError):
 # ---- memory ----
 
 
-def parse_size(text: str) -> int:
-    """'8G', '512M', '1.5GiB', '1000000' -> bytes (binary units); ValueError otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"'{text}' is not a size; write e.g. 8G, 512M or 1.5GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def available_memory(backend: Any) -> tuple[int, str] | None:
-    """(bytes free for new arrays, where the figure comes from), or None if unknown."""
-    if backend.name == "cupy":
-        try:
-            free, _ = backend.xp.cuda.runtime.memGetInfo()
-            pool = backend.xp.get_default_memory_pool().free_bytes()  # freed, reusable
-        except AttributeError:  # NOTE: a stand-in array module (tests): arrays on the host
-            pass
-        else:
-            return int(free + pool), GPU_SOURCE
-    found = _meminfo()
-    limit = _cgroup_headroom()
-    if limit is not None and (found is None or limit[0] < found[0]):
-        return limit
-    return found
-
-
-def _meminfo() -> tuple[int, str] | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return int(pages), "free physical pages (sysconf)"
-
-
-def _cgroup_headroom() -> tuple[int, str] | None:
-    """Limit minus usage of this container's cgroup (v2 or v1); page cache counts as free."""
-    for limit_file, usage_file, cache_key in (
-        ("memory.max", "memory.current", "inactive_file"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),
-    ):
-        base = CGROUP
-        try:
-            raw = (base / limit_file).read_text().strip()
-            if raw == "max" or int(raw) >= 1 << 60:
-                continue  # no limit
-            usage = int((base / usage_file).read_text())
-            stat = (base / limit_file).parent / "memory.stat"
-            cache = 0
-            for line in stat.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == cache_key:
-                    cache = int(value)
-            return max(0, int(raw) - usage + cache), f"the cgroup limit in {base / limit_file}"
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def check_memory(model: Model, batch: int, training: bool) -> None:
     """Raise OutOfMemoryPlan if running `batch` samples would not fit in the memory available."""
     if batch < 1:
@@ -162,7 +87,7 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
     if model.max_memory is not None:
         available, source = int(model.max_memory), "the figure set by --max-memory"
     else:
-        found = available_memory(model.backend)
+        found = memory_guard.available_memory(model.backend)
         if found is None:
             return  # NOTE: nothing to compare with; run as before rather than refuse
         # Weights, optimizer state and layers' buffers exist already: free memory must
@@ -236,6 +161,74 @@ def all_finite(xp: Any, value: Any, grads: dict[str, Any]) -> bool:
     return _finite(xp, value) and all(_finite(xp, g) for g in grads.values())
 
 
+def non_finite_weights(model: Model) -> list[str]:
+    """Keys of the weights holding NaN or infinite values, moving statistics included."""
+    with np.errstate(all="ignore"):  # overflowing sums are what this looks for
+        if all_finite(model.xp, 0.0, model.params):  # one transfer in the common case
+            return []
+        return [k for k, v in model.params.items() if not _finite(model.xp, v)]
+
+
+EXPLOSION_FACTOR = 100.0  # a running loss this many times the first batch's is exploding
+
+
+class LossExplosionWarning(UserWarning):
+    """The loss grew by orders of magnitude over its start while staying finite."""
+
+
+class LossExplosion(Callback):
+    """Warns once when the running loss exceeds EXPLOSION_FACTOR × the first batch's loss.
+
+    Such a run is finite, so nothing stops it, yet it learns nothing (Adam at
+    lr 1e6: a loss near 193,000). The warning names the layer whose gradient
+    has the largest norm on `sample` (a few training samples): where to look.
+    """
+
+    def __init__(self, x_sample: Any, y_sample: Any, factor: float = EXPLOSION_FACTOR) -> None:
+        self.x_sample = x_sample
+        self.y_sample = y_sample
+        self.factor = factor
+        self.start: float | None = None
+        self.warned = False
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Compare the running loss with the first batch's; warn the first time it explodes."""
+        loss = logs.get("loss")
+        if self.warned or loss is None or not math.isfinite(loss):
+            return
+        if self.start is None:
+            self.start = float(loss)
+            return
+        if self.start > 0 and loss > self.factor * self.start:
+            self.warned = True
+            warnings.warn(
+                f"the loss grew from {self.start:.4g} (first batch) to {loss:.4g}, more than"
+                f" {self.factor:g} times: the training is diverging; the largest gradient is"
+                f" {largest_gradient(self.model, self.x_sample, self.y_sample)};"
+                " lower the learning rate",
+                LossExplosionWarning,
+                stacklevel=2,
+            )
+
+
+def largest_gradient(model: Model, x: Any, y: Any) -> str:
+    """'layer 'fc' (norm 1.2e+05)': the layer whose gradient on (x, y) has the largest norm."""
+    state = rng_state(model.backend.rng)  # dropout masks: the run goes on as it would have
+    try:
+        with np.errstate(all="ignore"):
+            _, grads = model.gradients(x, y)
+    finally:
+        set_rng_state(model.backend.rng, state)
+    norms: dict[str, float] = {}
+    for key, g in grads.items():
+        layer = key.rpartition(":")[0]
+        norms[layer] = norms.get(layer, 0.0) + float(np.sum(np.square(g, dtype=np.float64)))
+    if not norms:
+        return "unknown (no trainable weights)"
+    layer = max(norms, key=lambda k: norms[k])
+    return f"in layer '{layer}' (norm {math.sqrt(norms[layer]):.3g})"
+
+
 @dataclass
 class Snapshot:
     """What a training forward pass changes besides its outputs: to undo a failed step."""
@@ -275,63 +268,70 @@ def non_finite_step(model: Model, x: Any, y: Any, value: float, before: Snapshot
     return NonFiniteLoss(value, where)
 
 
-def _layer(step: Any) -> str:
+def _layer(step: Step) -> str:
     at = f", {step.span}" if step.span else ""
     return f"layer '{step.path}' ({step.op}, step {step.output}{at})"
 
 
-def _locate(model: Model, x: Any, y: Any, loss: Loss) -> str:
-    xp = model.xp
-    plan, fused = model._train_plan(loss)
-    n = len(plan.steps)
-    values: list[Any] = [None] * n
-    saved: list[Any] = [None] * n
-    for step in plan.steps:
-        i = step.output
+class _FirstNonFinite(Observer):
+    """Watches a rerun of a training step; `where` names the first non-finite value."""
+
+    def __init__(self, model: Model, loss: Loss) -> None:
+        self.model = model
+        self.xp = model.xp
+        self.loss_name = loss.name
+        self.where: str | None = None
+
+    def output(self, step: Step, value: Any) -> bool:
+        if _finite(self.xp, value):
+            return False
         if step.op == "input":
-            values[i] = x
-            if not _finite(xp, x):
-                return f"the input batch ('{step.path}')"
-            continue
-        ctx = model._context(step, True)
-        out, saved[i] = OPS[step.op].forward(
-            xp, step.attrs, [values[j] for j in step.inputs], model._weights[i], ctx
-        )
-        values[i] = out
-        if not _finite(xp, out):
-            bad = [k for k, w in model._weights[i].items() if not _finite(xp, w)]
-            weights = f" (its weights {', '.join(bad)} are non-finite)" if bad else ""
-            return f"the output of {_layer(step)}{weights}"
-    out = values[plan.outputs[0]]
-    value, grad = (loss.from_logits(xp, out, y)[:2]) if fused else loss(xp, out, y)
-    if not _finite(xp, value):
-        return f"the loss {loss.name} (every layer's output is finite)"
-    grads: list[Any] = [None] * n
-    grads[plan.outputs[0]] = grad
-    for step in reversed(plan.steps):
-        i = step.output
-        dy = grads[i]
-        if dy is None or step.op == "input" or not model._requires[i]:
-            continue
-        ctx = model._context(step, True)
-        dxs, dws = OPS[step.op].backward(xp, step.attrs, saved[i], dy, model._weights[i], ctx)
-        bad = [k for k, g in dws.items() if not _finite(xp, g)]
-        bad += [f"input {n}" for n, g in enumerate(dxs) if not _finite(xp, g)]
-        if bad:
-            return f"the gradients of {_layer(step)}: {', '.join(bad)}"
-        for j, dx in zip(step.inputs, dxs, strict=True):
-            if dx is not None:
-                grads[j] = dx if grads[j] is None else grads[j] + dx
-    return "no layer on a rerun of the batch (the values were non-finite only once)"
+            self.where = f"the input batch ('{step.path}')"
+            return True
+        params = self.model.params
+        bad = [
+            name
+            for name, key in zip(step.weights, step.weight_keys, strict=True)
+            if not _finite(self.xp, params[key])
+        ]
+        weights = f" (its weights {', '.join(bad)} are non-finite)" if bad else ""
+        self.where = f"the output of {_layer(step)}{weights}"
+        return True
+
+    def loss(self, value: Any) -> bool:
+        if _finite(self.xp, value):
+            return False
+        self.where = f"the loss {self.loss_name} (every layer's output is finite)"
+        return True
+
+    def gradients(
+        self, step: Step, input_grads: Sequence[Any], weight_grads: Mapping[str, Any]
+    ) -> bool:
+        bad = [k for k, g in weight_grads.items() if not _finite(self.xp, g)]
+        bad += [f"input {n}" for n, g in enumerate(input_grads) if not _finite(self.xp, g)]
+        if not bad:
+            return False
+        self.where = f"the gradients of {_layer(step)}: {', '.join(bad)}"
+        return True
+
+
+def _locate(model: Model, x: Any, y: Any, loss: Loss) -> str:
+    watch = _FirstNonFinite(model, loss)
+    model.observe_gradients(x, y, loss, watch)
+    return watch.where or "no layer on a rerun of the batch (the values were non-finite only once)"
 
 
 __all__ = [
+    "LossExplosion",
+    "LossExplosionWarning",
     "NonFiniteLoss",
     "OutOfMemoryPlan",
     "all_finite",
     "available_memory",
     "check_memory",
+    "check_weights_fit",
     "non_finite_step",
+    "non_finite_weights",
     "parse_size",
     "rng_state",
     "snapshot",

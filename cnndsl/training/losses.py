@@ -13,10 +13,13 @@ A metric returns (sum, count) over a batch so epochs aggregate exactly.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 Array = Any
 
@@ -83,9 +86,43 @@ class Loss:
         """(mean loss, d loss / d z, activation(z)) for pre-activation logits z."""
         raise NotImplementedError
 
+    def check_labels(self, y: np.ndarray, output: tuple[int, ...]) -> None:
+        """LossError unless labels y ([N, ...]) fit an output of shape `output` (no batch axis).
+
+        This form: labels shaped like the output (one-hot, targets), checked
+        before training so a mismatch is a message naming the fix, not a
+        reshape error in the first step.
+        """
+        have, want = tuple(y.shape[1:]), tuple(output)
+        if math.prod(have) == math.prod(want):
+            return
+        fix = "give labels of that shape"
+        if have in ((), (1,)) and y.dtype.kind in "iub" and len(want) == 1 and want[0] > 1:
+            fix = (
+                "these are class indices: use sparse_categorical_crossentropy, or one-hot"
+                f" them (np.eye({want[0]})[y])"
+            )
+        raise LossError(
+            f"{self.name} compares the output ({list(want)} per sample) with labels of the same"
+            f" shape, but the labels are {list(have)} per sample; {fix}"
+        )
+
 
 class SparseCategoricalCrossentropy(Loss):
     """-log p[label], labels are class indices (shape [N] or [N, 1])."""
+
+    def check_labels(self, y: np.ndarray, output: tuple[int, ...]) -> None:
+        """LossError unless y holds one class index per row of the output."""
+        rows = math.prod(output[:-1]) if output else 1
+        if math.prod(y.shape[1:]) != rows:
+            hint = ""
+            if tuple(y.shape[1:]) == tuple(output):
+                hint = " (one-hot? use categorical_crossentropy, or y.argmax(axis=-1))"
+            raise LossError(
+                f"{self.name} takes one class index per sample ({rows} per sample for an output"
+                f" of shape {list(output)}), but the labels are {list(y.shape[1:])} per"
+                f" sample{hint}"
+            )
 
     def __call__(self, xp: Any, p: Array, y: Array) -> tuple[Array, Array]:
         flat, n = _rows(p)
@@ -199,7 +236,8 @@ def accuracy(xp: Any, p: Array, y: Array) -> tuple[Array, int]:
         pred = (p.reshape(-1) > 0.5).astype(xp.int64)
         return (pred == y.reshape(-1).astype(xp.int64)).sum(), pred.shape[0]
     flat, n = _rows(p)
-    if y.shape == p.shape and y.ndim >= 2 and y.dtype.kind == "f":
+    # NOTE: labels shaped like the output are one-hot (or soft), whatever their dtype.
+    if y.shape == p.shape and y.ndim >= 2:
         labels = y.reshape(flat.shape).argmax(axis=-1)
     else:
         labels = _labels(xp, y, n, flat.shape[1])
@@ -211,7 +249,7 @@ def top_k_accuracy(k: int) -> Metric:
 
     def metric(xp: Any, p: Array, y: Array) -> tuple[Array, int]:
         flat, n = _rows(p)
-        if y.shape == p.shape and y.ndim >= 2 and y.dtype.kind == "f":
+        if y.shape == p.shape and y.ndim >= 2:
             labels = y.reshape(flat.shape).argmax(axis=-1)
         else:
             labels = _labels(xp, y, n, flat.shape[1])

@@ -6,7 +6,8 @@
 
 Input: an `ir.Graph` with shapes and weight specs (what `cnndsl.compile` gives).
 This module holds the Keras-style API: the loss, optimizer and metrics that
-`compile` sets (the spec's train section by default), one optimizer step,
+`compile` sets (by default from the spec's train section, read once, into
+`self.settings`: cnndsl.training.settings), one optimizer step,
 evaluate, predict, weight files and the summary. Running the plan forward and
 backward (buffers, gradients, freezing) is the executor's, in cnndsl.runtime.executor,
 which `Model` extends; the engine and the API change for different reasons.
@@ -29,17 +30,15 @@ from cnndsl.formats import weights as weight_files
 from cnndsl.ir import Graph
 from cnndsl.runtime.backends import Backend
 from cnndsl.runtime.executor import Executor, ModelError, fans, initial_value
-from cnndsl.runtime.lower import output_activation
+from cnndsl.runtime.lower import output_activation, strip_output_activation
 from cnndsl.training import guards
 from cnndsl.training.fit import fit as fit_loop
 from cnndsl.training.history import Callback, History
-from cnndsl.training.losses import Loss, Metric, get_loss, get_metric
-from cnndsl.training.optimizers import Optimizer, get_optimizer
+from cnndsl.training.losses import LOSSES, Loss, Metric, get_loss, get_metric
+from cnndsl.training.optimizers import Optimizer
+from cnndsl.training.settings import TrainSettings, checked
 
 Array = Any
-
-DEFAULT_BATCH = 32
-DEFAULT_OPTIMIZER = "adam"  # when the spec has no train section and none is given
 
 
 class Model(Executor):
@@ -49,30 +48,55 @@ class Model(Executor):
         self,
         graph: Graph,
         backend: str | Backend = "numpy",
-        seed: int = 0,
+        seed: int | None = None,
         dtype: Any = "float32",
     ) -> None:
+        # NOTE: the one place the spec's train section is read; seed=None takes its seed.
+        self.settings = TrainSettings.from_section(graph.meta.get("train") or {})
+        seed = self.settings.overridden(seed=seed).seed
         super().__init__(graph, backend, seed, dtype)
         self.rng = np.random.default_rng(seed)  # host: shuffling and augmentation
         self.stop_training = False
         # Bytes the memory guard may plan for (None: what the machine has free now).
         self.max_memory: int | None = None
-        train = dict(graph.meta.get("train", {}) or {})
-        self.loss: Loss = get_loss(train.get("loss", self._default_loss()))
-        self.optimizer: Optimizer = get_optimizer(train.get("optimizer", DEFAULT_OPTIMIZER))
-        self.metric_names: list[str] = list(
-            train.get("metrics", ["accuracy"] if "crossentropy" in self.loss.name else [])
-        )
-        self.batch_size = int(train.get("batch", train.get("batch_size")) or DEFAULT_BATCH)
-        self.epochs = int(train.get("epochs") or 1)
+        # Names of the output classes, saved with the weights (None: unnamed).
+        self.class_names: list[str] | None = None
+        self.loss: Loss = get_loss(self.settings.loss or self._default_loss())
+        self.optimizer: Optimizer = self.settings.build_optimizer()
+        metrics = self.settings.metrics
+        if metrics is None:
+            metrics = ("accuracy",) if "crossentropy" in self.loss.name else ()
+        self.metric_names: list[str] = _known_metrics(metrics)
+        # Training steps that moved each layer's moving statistics since they were
+        # initialised (None: they came from a file); fit warns when too few for the momentum.
+        with_statistics = {k.rsplit(":", 1)[0] for k, s in self.specs.items() if not s.trainable}
+        self.moving_updates: dict[str, int | None] = {
+            step.path: 0
+            for step in self.plan.steps
+            if step.path in with_statistics and hasattr(step.attrs, "momentum")
+        }
+
+    @property
+    def batch_size(self) -> int:
+        """The batch of fit, evaluate and predict when none is given: the spec's, else 32."""
+        return self.settings.batch
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's output (no batch axis)."""
+        return tuple(self.plan.steps[self.plan.outputs[0]].shape or ())
+
+    @property
+    def epochs(self) -> int:
+        """The epochs of fit when none are given: the spec's, else 1."""
+        return self.settings.epochs
 
     def _default_loss(self) -> str:
+        # The first loss (LOSSES' order) that absorbs the network's final
+        # activation: softmax -> sparse categorical, sigmoid -> binary cross-entropy.
         act = output_activation(self.plan)
-        if act == "sigmoid":
-            return "binary_crossentropy"
-        if act == "softmax":
-            return "sparse_categorical_crossentropy"
-        return "mean_squared_error"
+        fused = [name for name, loss in LOSSES.items() if act and loss.activation == act]
+        return fused[0] if fused else "mean_squared_error"
 
     # ---- weights ----
     def get_weights(self) -> list[np.ndarray]:
@@ -82,31 +106,75 @@ class Model(Executor):
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Set every weight from a list in `get_weights` order; shapes must match exactly."""
         weight_files.set_weights(self, weights)
+        self.moving_updates = dict.fromkeys(self.moving_updates)
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        """Host copies of every weight by name, 'layer/path:weight' as in saved .npz files.
+
+        E.g. `model.weights["stage2/residual_unit_1/conv_1:kernel"]`; a copy, so
+        changing it changes nothing (use set_weights, or load, to change weights).
+        """
+        return dict(zip(self.specs, self.get_weights(), strict=True))
+
+    def named_weights(self) -> dict[str, np.ndarray]:
+        """Host copies of every weight by name ('layer/path:weight'), as `weights`."""
+        return self.weights
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write every weight to an .npz ('layer/path:weight' keys), atomically."""
         weight_files.save_weights(self, path)
 
-    def load(self, path: str | os.PathLike[str], strict: bool = False) -> weight_files.LoadReport:
-        """Copy every weight whose key and shape match from an .npz; report the rest.
+    def export_onnx(
+        self, path: str | os.PathLike[str], opset: int = 17, layout: str = "nhwc"
+    ) -> None:
+        """Write the network and its weights as a checked ONNX file (docs/onnx.md)."""
+        from cnndsl.formats.onnx_export import export_onnx
 
-        With strict=True any mismatch raises ModelError and nothing is changed.
+        export_onnx(self, path, opset=opset, layout=layout)
+
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        strict: bool | None = None,
+        mapping: str | os.PathLike[str] | dict[str, str] | None = None,
+    ) -> weight_files.LoadReport:
+        """Load our .npz, or a Keras (.h5, .keras) or PyTorch (.safetensors, .pt) file; report.
+
+        Our .npz: what fits is copied and the rest reported (strict=True: any
+        mismatch raises ModelError and nothing is changed). Other frameworks'
+        files are matched to this network by the graph (`mapping`: a JSON file
+        or dict, our weight key or layer path -> the file's name, for what
+        matching cannot tell); any misfit raises unless strict=False.
         """
-        return weight_files.load_weights(self, path, strict)
+        report = weight_files.load_weights(self, path, strict, mapping)
+        self.moving_updates = dict.fromkeys(self.moving_updates)  # from the file, not initial
+        return report
 
     # ---- one batch ----
     def gradients(
         self, x: Any, y: Any, loss: str | Loss | None = None, training: bool = True
     ) -> tuple[float, dict[str, np.ndarray]]:
-        """(loss, host gradients of every updatable weight) on one batch; no update."""
+        """(loss, host gradients of every updatable weight) on one batch; no update.
+
+        Nothing changes: training=True (dropout on, batchnorm on the batch's
+        statistics) leaves batchnorm's moving statistics as they were; only the
+        device generator moves on (the dropout masks drawn).
+        """
         lf = get_loss(loss) if loss is not None else self.loss
         xb = self._device_batch(x)
-        with self.backend.compute_scope(3 * self.macs * len(xb)):
-            value, grad, _, plan, saved = self._loss_and_output(
-                xb, self._labels(y), lf, training, keep=True
-            )
-            assert saved is not None
-            grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+        # NOTE: a training forward moves the moving statistics; they are put back after.
+        kept = {k: self.params[k].copy() for k, s in self.specs.items() if not s.trainable}
+        try:
+            with self.backend.compute_scope(3 * self.macs * len(xb)):
+                value, grad, _, plan, saved = self._loss_and_output(
+                    xb, self._labels(y), lf, training, keep=True
+                )
+                assert saved is not None
+                grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+        finally:
+            for key, value_before in kept.items():
+                self.params[key][...] = value_before
         return float(value), {k: self.backend.to_host(g) for k, g in grads.items()}
 
     def train_step(self, x: Any, y: Any) -> tuple[float, Array]:
@@ -123,6 +191,9 @@ class Model(Executor):
         if not guards.all_finite(self.xp, value, grads):
             raise guards.non_finite_step(self, xb, yb, float(value), before)
         self.optimizer.step(self.xp, self.params, grads, self.backend.workers)
+        for path, count in self.moving_updates.items():
+            if count is not None and path not in self.frozen:  # frozen: inference mode
+                self.moving_updates[path] = count + 1
         return float(value), p
 
     def _check_memory(self, batch: int, training: bool) -> None:
@@ -135,14 +206,22 @@ class Model(Executor):
         loss: str | Loss | None = None,
         optimizer: str | Mapping[str, Any] | Optimizer | None = None,
         metrics: Sequence[str] | None = None,
+        lr: float | None = None,
     ) -> Model:
-        """Set the loss, optimizer and metrics that fit/evaluate use (defaults: the spec's)."""
+        """Set the loss, optimizer, metrics and learning rate that fit/evaluate use.
+
+        What is not given stays (at first: the spec's train section). An optimizer
+        given by name takes `lr`, else the spec's `lr`, else its own default; `lr`
+        alone changes the current optimizer's learning rate and keeps its state.
+        """
         if loss is not None:
             self.loss = get_loss(loss)
         if optimizer is not None:
-            self.optimizer = get_optimizer(optimizer)
+            self.optimizer = self.settings.build_optimizer(optimizer, lr)
+        elif lr is not None:
+            self.optimizer.lr = checked("lr", lr)
         if metrics is not None:
-            self.metric_names = list(metrics)
+            self.metric_names = _known_metrics(metrics)
         return self
 
     # NOTE: one definition of fit's parameters and docs, there; bound here as a method.
@@ -166,6 +245,7 @@ class Model(Executor):
             raise ModelError(f"x has {n} samples but y has {len(y)}")
         self._check_memory(min(batch_size, n), training=False)
         y_all = np.asarray(y)
+        lf.check_labels(y_all, self.output_shape)
         sums = {"loss": 0.0, **{name: 0.0 for name in names}}
         counts = dict.fromkeys(sums, 0)
         with self.backend.compute_scope(self.macs * batch_size):
@@ -193,16 +273,27 @@ class Model(Executor):
                 sums[name] += float(s)
                 counts[name] += c
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
-        """Network outputs for every sample, in inference mode, as a host array."""
+    def predict(self, x: Any, batch_size: int | None = None, logits: bool = False) -> np.ndarray:
+        """Network outputs for every sample, in inference mode, as a host array.
+
+        logits=True: the output before the network's final activation (softmax,
+        sigmoid...), the last layer's pre-activation values; the same as the
+        outputs for a network that ends without one.
+        """
         batch_size = batch_size or self.batch_size
         self._check_memory(min(batch_size, len(x)), training=False)
+        plan = strip_output_activation(self.plan) if logits else self.plan
         with self.backend.compute_scope(self.macs * batch_size):
-            outs = [self(x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)]
+            outs = [self._run(plan, x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)]
         if not outs:
             step = self.plan.steps[self.plan.outputs[0]]
             return np.zeros((0, *(step.shape or ())), self.dtype)
         return np.concatenate(outs)
+
+    def _run(self, plan: Any, x: Any) -> np.ndarray:
+        """`plan`'s output for one batch in inference mode, as a host array."""
+        (out,), _ = self._forward(plan, [self._device_batch(x)], False, keep=False)
+        return self.backend.to_host(out)
 
     def summary(self) -> str:
         """A Keras-like table: layer path, op, output shape, parameters; and the totals."""
@@ -237,6 +328,15 @@ class Model(Executor):
             f"<Model {name}: {len(self.plan)} steps, {self.count_params()['total']:,}"
             f" params, backend {self.backend.name}>"
         )
+
+
+def _known_metrics(names: Sequence[str]) -> list[str]:
+    """The metric names as a list; LossError for one that is unknown (at compile, not in fit)."""
+    if isinstance(names, str):
+        names = [names]
+    for name in names:
+        get_metric(name)
+    return list(names)
 
 
 __all__ = ["Callback", "History", "Model", "ModelError", "fans", "initial_value"]

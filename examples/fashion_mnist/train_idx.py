@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         validation_split=args.validation_split,
         optimizer=optimizer,
         callbacks=[] if args.quiet else [Progress()],
+        verbose=0,  # Progress prints the epochs (verbose=2 would print Keras-like lines)
     )
     result = model.evaluate(data.x_test, data.y_test)
     model.save(args.out)

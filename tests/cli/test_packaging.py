@@ -70,3 +70,8 @@ def test_installed_wheel_compiles_outside_the_checkout(wheel: Path, tmp_path: Pa
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "21306826"
+
+
+def test_wheel_ships_the_imagenet_class_index(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "cnndsl/formats/imagenet_class_index.json" in names

@@ -268,7 +268,7 @@ def test_predict_images_are_resized(tmp_path: Path) -> None:
     batch = load_images([str(path)], (8, 8, 3))
     assert batch.shape == (1, 8, 8, 3) and batch.dtype == np.float32
     np.testing.assert_allclose(batch, 1.0)
-    with pytest.raises(DataError, match="nope.png: no such image file"):
+    with pytest.raises(DataError, match="nope.png: no such file"):
         load_images([str(tmp_path / "nope.png")], (8, 8, 3))
 
 
@@ -283,7 +283,7 @@ def test_augment_flips_and_crops() -> None:
 
 
 def test_unknown_source(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no such file or directory; --data takes 'digits'"):
+    with pytest.raises(DataError, match="no such file or directory; the data must be 'digits'"):
         load_data(str(tmp_path / "missing"), (8, 8, 1), 10)
     odd = tmp_path / "data.csv"
     odd.write_text("1,2,3")
@@ -341,3 +341,158 @@ def test_image_modes_and_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 36 pixels is over twice the limit
     with pytest.raises(DataError, match="deep.png: refused as a possible decompression bomb"):
         load_images([str(deep)], (4, 4, 1))
+
+
+# ---- samples that carry their labels: pairing survives every loader, split and augmentation ----
+
+
+def labelled_arrays(n: int, classes: int, size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Float images: channel 0 is label/10 everywhere, channel 1 the sample's index/1000."""
+    y = np.arange(n) % classes
+    np.random.default_rng(n).shuffle(y)
+    x = np.empty((n, size, size, 2), np.float32)
+    x[..., 0] = (y / 10)[:, None, None]
+    x[..., 1] = (np.arange(n) / 1000)[:, None, None]
+    return x, y
+
+
+def assert_paired(x: object, y: np.ndarray, label_of: object) -> None:
+    """Every sample's pixels, all alike, decode to its own label."""
+    pixels = np.asarray(x)
+    assert len(pixels) == len(y)
+    for i in range(len(y)):
+        assert label_of(pixels[i]) == y[i], f"sample {i}"
+
+
+def assert_partition(train_ids: np.ndarray, test_ids: np.ndarray, n: int) -> None:
+    assert len(set(train_ids.tolist()) & set(test_ids.tolist())) == 0
+    assert sorted([*train_ids.tolist(), *test_ids.tolist()]) == list(range(n))
+
+
+def test_npz_split_keeps_samples_with_their_labels(tmp_path: Path) -> None:
+    x, y = labelled_arrays(50, 5)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    ds = load_data(str(tmp_path / "d.npz"), (4, 4, 2), 5, test_split=0.2)
+    for xs, ys in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        assert np.all(xs[..., 0] == xs[:, :1, :1, 0])  # still uniform per sample
+        np.testing.assert_array_equal(np.rint(xs[:, 0, 0, 0] * 10).astype(int), ys)
+    ids = [np.rint(xs[:, 0, 0, 1] * 1000).astype(int) for xs in (ds.x_train, ds.x_test)]
+    assert_partition(ids[0], ids[1], 50)
+    assert np.bincount(ds.y_test).tolist() == [2] * 5  # stratified: 10 test samples, 2 a class
+    np.testing.assert_array_equal(x[ids[1]], ds.x_test)  # pixels equal the file's exactly
+
+
+def test_npz_keras_layout_keeps_pairs_and_order(tmp_path: Path) -> None:
+    y_train, y_test = np.arange(12) % 4, np.array([3, 1, 2, 0, 2])
+    x_train = np.repeat((y_train * 60)[:, None, None], 5, 1).repeat(5, 2).astype(np.uint8)
+    x_test = np.repeat((y_test * 60)[:, None, None], 5, 1).repeat(5, 2).astype(np.uint8)
+    path = tmp_path / "k.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    ds = load_data(str(path), (5, 5, 1), 4)
+    np.testing.assert_array_equal(ds.y_train, y_train)  # no split, no shuffle
+    np.testing.assert_array_equal(ds.y_test, y_test)
+    np.testing.assert_allclose(ds.x_train[:], x_train[..., None] / 255, rtol=1e-6)
+    assert_paired(ds.x_test[:], ds.y_test, lambda p: round(float(p.max()) * 255 / 60))
+
+
+@pytest.mark.parametrize(("gz", "with_test"), [(True, True), (False, True), (True, False)])
+def test_idx_keeps_pixels_with_their_labels(tmp_path: Path, gz: bool, with_test: bool) -> None:
+    n = 40
+    labels = (np.arange(n) * 7 % 10).astype(np.uint8)
+    images = np.empty((n, 6, 6), np.uint8)
+    images[:] = (labels * 20)[:, None, None]
+    images[:, 0, 0] = np.arange(n)  # the sample's index, to check the split loses none
+    files = {"train-images-idx3-ubyte": images, "train-labels-idx1-ubyte": labels}
+    if with_test:
+        files["t10k-images-idx3-ubyte"] = images[::-1][:10]
+        files["t10k-labels-idx1-ubyte"] = labels[::-1][:10]
+    suffix = ".gz" if gz else ""
+    for name, array in files.items():
+        raw = idx_bytes(array)
+        (tmp_path / (name + suffix)).write_bytes(gzip.compress(raw) if gz else raw)
+    ds = load_data(str(tmp_path / ("train-images-idx3-ubyte" + suffix)), (6, 6, 1), 10)
+    for xs, ys in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        pixels = np.rint(np.asarray(xs[:]) * 255).astype(int)
+        np.testing.assert_array_equal(pixels[:, 3, 3, 0], ys * 20)
+        np.testing.assert_array_equal(
+            pixels[:, 1:, :, 0], np.broadcast_to((ys * 20)[:, None, None], (len(ys), 5, 6))
+        )
+    ids = [
+        np.rint(np.asarray(xs[:])[:, 0, 0, 0] * 255).astype(int) for xs in (ds.x_train, ds.x_test)
+    ]
+    if with_test:
+        np.testing.assert_array_equal(ids[0], np.arange(n))
+        np.testing.assert_array_equal(ids[1], np.arange(n)[::-1][:10])
+    else:
+        assert_partition(ids[0], ids[1], n)
+        assert len(ids[1]) == 8
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folder_keeps_images_with_their_class(tmp_path: Path, channels: int) -> None:
+    root = tmp_path / "shades"
+    names = ["a_dark", "b_mid", "c_light"]
+    for label, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            value = 60 * label + 2 * i  # class in the tens, sample in the units
+            Image.fromarray(np.full((9, 7, 3), value, np.uint8)).save(root / name / f"{i}.png")
+    ds = load_data(str(root), (4, 4, channels), 3)
+    assert ds.class_names == names
+    ids = []
+    for xs, ys in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        pixels = np.rint(np.asarray(xs[:]) * 255).astype(int)
+        assert np.all(pixels == pixels[:, :1, :1, :1])  # a flat image stays flat when resized
+        np.testing.assert_array_equal(pixels[:, 0, 0, 0] // 60, ys)
+        ids.extend((pixels[:, 0, 0, 0] % 60 // 2 + 5 * ys).tolist())
+    assert sorted(ids) == list(range(15))
+    assert sorted(ds.y_test.tolist()) == [0, 1, 2]
+
+
+def test_digits_pairs_are_scikit_learns() -> None:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    source = {(bunch.images[i] / 16).astype(np.float32).tobytes(): i for i in range(1797)}
+    ds = load_data("digits", (8, 8, 1), 10)
+    seen = []
+    for xs, ys in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        for image, label in zip(xs, ys, strict=True):
+            i = source.get(image[..., 0].tobytes())
+            assert i is not None and bunch.target[i] == label
+            seen.append(i)
+    # 1797 images, some identical: every source image used once, as a multiset
+    assert sorted(bunch.images[i].tobytes() for i in seen) == sorted(
+        im.tobytes() for im in bunch.images
+    )
+
+
+def test_augmented_images_are_flips_and_crops_of_their_own_input() -> None:
+    n, h, w = 40, 16, 12
+    x = np.random.default_rng(3).random((n, h, w, 2)).astype(np.float32)
+    out = augment_images(x, np.random.default_rng(0))
+    ph, pw = h // 8, w // 8  # the crop moves up to 1/8 of each side: 2 rows, 1 column
+    seen_flip, seen_shift = set(), set()
+    for i in range(n):
+        padded = np.pad(x[i], ((ph, ph), (pw, pw), (0, 0)), mode="edge")
+        matches = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(2 * ph + 1)
+            for dx in range(2 * pw + 1)
+            if np.array_equal(
+                out[i],
+                padded[dy : dy + h, dx : dx + w][:, ::-1]
+                if flip
+                else padded[dy : dy + h, dx : dx + w],
+            )
+        ]
+        assert matches, f"sample {i} is no flip or crop of its input"
+        flip, dy, dx = matches[0]
+        seen_flip.add(flip)
+        seen_shift.add((dy - ph, dx - pw))
+    assert seen_flip == {False, True}
+    assert len(seen_shift) >= 8 and (0, 0) in seen_shift  # 15 offsets in all
+    # a one-pixel image pads to copies of itself: every flip and crop is the image
+    tiny = np.random.default_rng(1).random((5, 1, 1, 3)).astype(np.float32)
+    np.testing.assert_array_equal(augment_images(tiny, np.random.default_rng(0)), tiny)

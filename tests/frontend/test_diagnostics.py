@@ -434,9 +434,9 @@ def test_sizes_that_cannot_be_allocated_are_refused(body: str) -> None:
     assert d.code == "E091" and "too" in d.message
 
 
-def test_a_spec_over_ten_megabytes_is_refused(tmp_path) -> None:
+def test_a_spec_over_the_source_limit_is_refused(tmp_path) -> None:
     path = tmp_path / "huge.cnn"
-    path.write_text("# padding\n" * 1_100_000)
+    path.write_text("# padding\n" * 110_000)
     with pytest.raises(CnnError) as info:
         cnndsl.compile(path)
     assert info.value.diagnostics[0].code == "E065"

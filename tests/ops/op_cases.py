@@ -170,6 +170,19 @@ CASES: dict[str, list[Case]] = {
     "swish": [_c("swish", (4, 4, 3), **_ACT)],
     "gelu": [_c("gelu", (4, 4, 3), **_ACT)],
     "identity": [_c("identity", (4, 4, 3))],
+    "upsample": [
+        _c("upsample", (3, 4, 2), note="nearest-2"),
+        _c("upsample", (2, 3, 2), (3, 2), note="nearest-3x2"),
+        _c("upsample", (3, 4, 2), interpolation="bilinear", note="bilinear-2"),
+        _c("upsample", (3, 2, 2), (3, 1), interpolation="bilinear", note="bilinear-3x1"),
+        _c("upsample", (1, 2, 1), 4, interpolation="bilinear", note="bilinear-4-one-row"),
+    ],
+    "preprocess": [
+        _c("preprocess", (4, 3, 3), "caffe", note="caffe"),
+        _c("preprocess", (3, 4, 3), "torch", fit="stretch", note="torch"),
+        _c("preprocess", (3, 3, 2), "tf", note="tf-2-channels"),
+        _c("preprocess", (5,), "tf", note="tf-vector"),
+    ],
 }
 
 ALL_CASES = [case for op in sorted(CASES) for case in CASES[op]]

@@ -275,6 +275,45 @@ def ref_concat(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
     return y
 
 
+def ref_preprocess(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    """Keras' preprocess_input (imagenet_utils) on the same pixels scaled to 0-255."""
+    pixels = xs[0] * 255  # the op takes [0, 1]; Keras takes 0-255
+    y = np.empty_like(pixels)
+    for idx in np.ndindex(pixels.shape):
+        *rest, c = idx
+        if a.mode == "caffe":  # 'RGB'->'BGR', then zero-centre each BGR channel
+            bgr = pixels[(*rest, 2 - c)]
+            y[idx] = bgr - [103.939, 116.779, 123.68][c]
+        elif a.mode == "torch":  # scale to [0, 1], then normalise with ImageNet's mean/std
+            y[idx] = (pixels[idx] / 255 - [0.485, 0.456, 0.406][c]) / [0.229, 0.224, 0.225][c]
+        else:  # tf: scale to [-1, 1]
+            y[idx] = pixels[idx] / 127.5 - 1
+    return y
+
+
+def _source_rows(i: int, f: int, n: int) -> tuple[int, int, float]:
+    """TensorFlow's resize with half_pixel_centers: (lower, upper, lerp) for output row i."""
+    t = (i + 0.5) / f - 0.5
+    lower, upper = max(math.floor(t), 0), min(math.ceil(t), n - 1)
+    return lower, upper, t - math.floor(t)
+
+
+def ref_upsample(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    (fh, fw), (batch, h, wd, c) = a.size, x.shape
+    y = np.zeros((batch, h * fh, wd * fw, c))
+    for n, i, j, k in np.ndindex(y.shape):
+        if a.interpolation == "nearest":
+            y[n, i, j, k] = x[n, i // fh, j // fw, k]
+            continue
+        top, bottom, dy = _source_rows(i, fh, h)
+        left, right, dx = _source_rows(j, fw, wd)
+        upper = x[n, top, left, k] + (x[n, top, right, k] - x[n, top, left, k]) * dx
+        lower = x[n, bottom, left, k] + (x[n, bottom, right, k] - x[n, bottom, left, k]) * dx
+        y[n, i, j, k] = upper + (lower - upper) * dy
+    return y
+
+
 def ref_add(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
     y = np.zeros_like(xs[0])
     for idx in np.ndindex(y.shape):
@@ -313,6 +352,8 @@ REFS: dict[str, Ref] = {
     "concat": ref_concat,
     "add": ref_add,
     "multiply": ref_multiply,
+    "preprocess": ref_preprocess,
+    "upsample": ref_upsample,
     **{
         name: (lambda a, xs, w, case, name=name: ref_activation(name, a, xs[0]))
         for name in [*SCALAR, "softmax"]
@@ -369,11 +410,12 @@ def test_cupy_matches_numpy(op: str, i: int, cupy: Any) -> None:
         np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
 
 
-def test_erf_matches_math() -> None:
-    from cnndsl.ops.act import erf, erfc
+def test_erfc_matches_math() -> None:
+    from cnndsl.ops.act import erfc
 
     x = np.concatenate([np.linspace(-9, 9, 3601), [0.0, 0.46875, 4.0, -4.0, 27.0, -27.0]])
-    np.testing.assert_allclose(erf(np, x), [math.erf(v) for v in x], rtol=1e-14, atol=1e-16)
+    # erf = 1 − erfc, to within the rounding of 1 − erfc (a few 1e-16 absolute).
+    np.testing.assert_allclose(1 - erfc(np, x), [math.erf(v) for v in x], rtol=0, atol=5e-16)
     np.testing.assert_allclose(erfc(np, x), [math.erfc(v) for v in x], rtol=1e-13, atol=0)
     x32 = x.astype(np.float32)
     assert erfc(np, x32).dtype == np.float32
@@ -394,3 +436,17 @@ def test_max_ties_send_the_gradient_to_the_first_maximum() -> None:
     _, saved = OPS["global_maxpool"].forward(np, a, [x], {}, ctx)
     (dx,), _ = OPS["global_maxpool"].backward(np, a, saved, np.ones((1, 1)), {}, ctx)
     assert dx[0, :, :, 0].tolist() == [[1, 0, 0, 0], [0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("size", [(2, 2), (3, 1), (1, 4)])
+def test_upsample_backward_is_the_transpose(interpolation: str, size: tuple) -> None:
+    """upsample is linear: <upsample(x), dy> = <x, backward(dy)> for any x and dy."""
+    a = OPS["upsample"].bind(size, interpolation=interpolation)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3, 5, 2))
+    dy = rng.normal(size=(2, 3 * size[0], 5 * size[1], 2))
+    ctx = make_ctx(get_case("upsample", 0))
+    y, saved = OPS["upsample"].forward(np, a, [x], {}, ctx)
+    (dx,), _ = OPS["upsample"].backward(np, a, saved, dy, {}, ctx)
+    assert float(np.sum(y * dy)) == pytest.approx(float(np.sum(x * dx)), rel=1e-12)

@@ -77,6 +77,11 @@ SHAPES = [
     ("relu", (), {}, [(4, 4, 3)], (4, 4, 3)),
     ("softmax", (), {}, [(10,)], (10,)),
     ("leaky_relu", (0.1,), {}, [(2, 3)], (2, 3)),
+    ("preprocess", ("caffe",), {}, [(224, 224, 3)], (224, 224, 3)),
+    ("preprocess", ("tf",), {"fit": "stretch"}, [(299, 299, 1)], (299, 299, 1)),
+    ("upsample", (), {}, [(7, 7, 64)], (14, 14, 64)),
+    ("upsample", ((2, 3),), {"interpolation": "bilinear"}, [(5, 4, 3)], (10, 12, 3)),
+    ("upsample", (1,), {}, [(3, 9, 2)], (3, 9, 2)),
 ]
 
 
@@ -135,6 +140,9 @@ ERRORS = [
     ("multiply", (), {}, [(7, 7, 64), (32,)], r"^cannot multiply tensors of shapes \[7, 7, 64\]"),
     ("softmax", (2,), {}, [(4, 4)], r"softmax axis 2 is out of range"),
     ("zeropad", (1,), {}, [(10,)], r"zeropad needs a feature map"),
+    ("upsample", (2,), {}, [(64,)], r"upsample needs a feature map"),
+    ("preprocess", ("caffe",), {}, [(28, 28, 1)], r"needs an RGB image \[height, width, 3\]"),
+    ("preprocess", ("torch",), {}, [(3,)], r"got \[3\] \(mode=tf works on any"),
 ]
 
 
@@ -156,6 +164,12 @@ BAD_ATTRS = [
     ("zeropad", ((1, 2, 3),), {}, "padding"),
     ("zeropad", (-1,), {}, "padding"),
     ("dense", (), {"units": 10, "bais": True}, "bais"),
+    ("upsample", (0,), {}, "size"),
+    ("upsample", ((2, 1.5),), {}, "size"),
+    ("upsample", (2,), {"interpolation": "bicubic"}, "interpolation"),
+    ("preprocess", (), {}, "mode"),  # required: no default is right for every network
+    ("preprocess", ("keras",), {}, "mode"),
+    ("preprocess", ("tf",), {"fit": "pad"}, "fit"),
 ]
 
 
@@ -310,6 +324,8 @@ MACS = [
     ("dense", (128,), {}, [(2304,)], 2304 * 128),
     ("maxpool", (2,), {}, [(8, 8, 3)], 0),
     ("add", (), {}, [(4, 4, 3), (4, 4, 3)], 0),
+    ("upsample", (2,), {}, [(4, 4, 3)], 0),  # nearest copies
+    ("upsample", (2,), {"interpolation": "bilinear"}, [(4, 4, 3)], 8 * 8 * 3 * 4),  # 2×2 blend
 ]
 
 
@@ -331,6 +347,8 @@ WINDOWS = [
     ("dense", (10,), {}, [(64,)], WHOLE),
     ("relu", (), {}, [(7, 7, 3)], POINTWISE),
     ("batchnorm", (), {}, [(7, 7, 3)], POINTWISE),
+    ("upsample", (2,), {}, [(7, 7, 3)], POINTWISE),  # each output copies one pixel
+    ("upsample", ((3, 1),), {"interpolation": "bilinear"}, [(7, 7, 3)], Window((2, 1), (1, 1))),
 ]
 
 
@@ -356,6 +374,8 @@ LABELS = [
     ("batchnorm", (), {}, "batchnorm"),
     ("global_avgpool", (), {}, "global_avgpool"),
     ("concat", (), {}, "concat"),
+    ("upsample", (), {}, "upsample ×2"),
+    ("upsample", ((2, 3),), {"interpolation": "bilinear"}, "upsample 2×3, bilinear"),
 ]
 
 

@@ -156,6 +156,27 @@ def t_multiply(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
     return y
 
 
+def t_preprocess(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    """torchvision's Normalize and the Keras modes, written with torch ops."""
+    x = xs[0]
+    if a.mode == "caffe":
+        mean_bgr = torch.tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+        return torch.flip(x * 255, dims=[-1]) - mean_bgr
+    if a.mode == "torch":
+        mean = torch.tensor([0.485, 0.456, 0.406], dtype=x.dtype)
+        std = torch.tensor([0.229, 0.224, 0.225], dtype=x.dtype)
+        return nhwc(F.batch_norm(nchw(x), mean, std**2, eps=0.0))
+    return x * 2 - 1
+
+
+def t_upsample(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    """F.interpolate: nearest, or bilinear with half-pixel centres (align_corners=False)."""
+    x = nchw(xs[0])
+    if a.interpolation == "nearest":
+        return nhwc(F.interpolate(x, scale_factor=a.size, mode="nearest"))
+    return nhwc(F.interpolate(x, scale_factor=a.size, mode="bilinear", align_corners=False))
+
+
 TORCH: dict[str, Callable[[Attrs, list[T], dict[str, T], Case], T]] = {
     "conv": t_conv,
     "depthwise_conv": t_depthwise_conv,
@@ -173,6 +194,8 @@ TORCH: dict[str, Callable[[Attrs, list[T], dict[str, T], Case], T]] = {
     "concat": lambda a, xs, w, c: torch.cat(xs, dim=a.axis % (xs[0].dim() - 1) + 1),
     "add": lambda a, xs, w, c: sum(xs[1:], xs[0]),
     "multiply": t_multiply,
+    "preprocess": t_preprocess,
+    "upsample": t_upsample,
     **{name: (lambda a, xs, w, c, f=f: f(a, xs[0])) for name, f in TORCH_ACT.items()},
 }
 

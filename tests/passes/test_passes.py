@@ -9,6 +9,7 @@ from cnndsl.compiler import load, pick_network
 from cnndsl.frontend.elaborate import Elaborator
 from cnndsl.ir import verify
 from cnndsl.passes import PIPELINE, estimate_memory, totals
+from cnndsl.passes.memory import workspace
 
 
 def elaborated(text: str):  # type: ignore[no-untyped-def]
@@ -49,6 +50,22 @@ def test_receptive_field_with_strides_and_dilation() -> None:
     # r: 1 -> 3 (jump 2) -> 3 + 1·2 = 5 (jump 4) -> 5 + (5 - 1)·4 = 21 (jump 4)
     assert [layer.receptive for layer in net.layers] == [(1, 1), (3, 3), (5, 5), (21, 21)]
     assert [layer.jump for layer in net.layers] == [(1, 1), (2, 2), (4, 4), (4, 4)]
+
+
+def test_upsample_receptive_field_macs_and_workspace_by_hand() -> None:
+    net = cnndsl.compile(
+        "network n() {\n input x: [8, 8, 2]\n"
+        " return x -> maxpool(2) -> upsample(2, interpolation=bilinear) -> conv(2, 3)\n}"
+    )
+    # r: 1 -> 2 (jump 2) -> 2 + (2 - 1)·2 = 4 (a bilinear output blends two neighbours;
+    # the jump stays 2, an upper bound of the real 1) -> 4 + (3 - 1)·2 = 8
+    assert [layer.receptive for layer in net.layers] == [(1, 1), (2, 2), (4, 4), (8, 8)]
+    assert [layer.jump for layer in net.layers] == [(1, 1), (2, 2), (2, 2), (2, 2)]
+    # 8×8×2 outputs, each blending 4 pixels; then 6×6×2 outputs of 3·3·2 products
+    assert [layer.macs for layer in net.layers] == [0, 0, 8 * 8 * 2 * 4, 6 * 6 * 2 * 18]
+    up = net.graph["upsample_1"]
+    # rows pass on 4×4×2: edge-padded input 6·4, its result 8·4, edge-padded result 8·6
+    assert workspace(up, [net.graph[p] for p in up.inputs]) == ((24 + 32 + 48) * 2, True)
 
 
 def test_macs_by_hand() -> None:

@@ -430,6 +430,39 @@ def test_activations_match_the_model_output() -> None:
     assert out["conv_1"].shape == (2, 8, 8, 32)
 
 
+def test_activations_of_fused_and_in_place_activations() -> None:
+    """r runs inside batchnorm (fused) and r6 overwrites p's output (in place): the maps of
+    r, p and r6 are still each layer's own value, whichever layers are asked for together."""
+    spec = """
+    network fused() {
+        input image: [6, 6, 1]
+        return image -> conv(3, 3, padding=same, name="c") -> batchnorm(name="bn")
+            -> relu(name="r") -> conv(2, 1, name="p") -> relu6(name="r6") -> flatten -> dense(2)
+    }
+    """
+    model = cnndsl.compile(spec).build(seed=2)
+    plan = model.plan
+    assert plan.steps[plan.index("r")].attrs.get("fused_into") == "bn"
+    assert plan.steps[plan.index("r6")].attrs.get("inplace") is True
+    rng = np.random.default_rng(4)
+    for name in ("gamma", "beta", "moving_mean"):
+        model.params[f"bn:{name}"][...] = rng.normal(size=3)
+    model.params["bn:moving_variance"][...] = rng.uniform(0.5, 2.0, 3)
+    model.params["p:kernel"][...] = rng.normal(scale=4.0, size=(1, 1, 3, 2))
+    x = rng.normal(size=(2, 6, 6, 1)).astype(np.float32)
+    out = activations(model, x, ["c", "r", "p", "r6"])
+    w = model.layer_weights("bn")
+    bn = (out["c"] - w["moving_mean"]) * w["gamma"] / np.sqrt(w["moving_variance"] + 0.001)
+    np.testing.assert_allclose(out["r"], np.maximum(bn + w["beta"], 0), rtol=1e-5, atol=1e-5)
+    p = model.layer_weights("p")
+    want_p = out["r"] @ p["kernel"][0, 0] + p["bias"]
+    np.testing.assert_allclose(out["p"], want_p, rtol=1e-5, atol=1e-5)
+    assert out["p"].min() < 0 and out["p"].max() > 6  # not overwritten by relu6
+    np.testing.assert_array_equal(out["r6"], np.clip(out["p"], 0, 6))
+    alone = activations(model, x, ["p"])["p"]
+    np.testing.assert_array_equal(alone, out["p"])
+
+
 def test_load_image_converts_to_the_input_shape(tmp_path: Path) -> None:
     rgb = (np.random.default_rng(1).random((30, 40, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "x.png")
@@ -438,9 +471,9 @@ def test_load_image_converts_to_the_input_shape(tmp_path: Path) -> None:
     assert gray.min() >= 0 and gray.max() <= 1
     same = load_image(tmp_path / "x.png", (30, 40, 3))
     np.testing.assert_allclose(same, rgb / 255, atol=1e-6)
-    with pytest.raises(PlotError, match="cannot read image"):
+    with pytest.raises(PlotError, match="cannot read this image"):
         load_image(__file__, (28, 28, 1))
-    with pytest.raises(PlotError, match="no such image"):
+    with pytest.raises(PlotError, match="missing.png: no such file"):
         load_image(tmp_path / "missing.png", (28, 28, 1))
 
 
@@ -500,8 +533,14 @@ def test_cli_feature_maps_and_filters(tmp_path: Path, capsys: pytest.CaptureFixt
     "argv,message",
     [
         (["--feature-maps", "IMG", "--layer", "conv_9"], "error: no layer 'conv_9'"),
-        (["--feature-maps", __file__, "--layer", "conv_1"], "error: cannot read image"),
-        (["--feature-maps", "/nonexistent.png", "--layer", "conv_1"], "error: no such image"),
+        (
+            ["--feature-maps", __file__, "--layer", "conv_1"],
+            f"error: {__file__}: cannot read this image",
+        ),
+        (
+            ["--feature-maps", "/nonexistent.png", "--layer", "conv_1"],
+            "error: /nonexistent.png: no such file",
+        ),
         (["--filters", "dense_1"], "error: 'dense_1' is a dense layer"),
         (["--filters", "nope"], "error: no layer 'nope'"),
         (["--filters", "conv_1", "--load", __file__], "error: "),

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import cnndsl
@@ -45,3 +46,39 @@ def test_report_names_the_spec_file_without_its_folder(tmp_path: Path) -> None:
     page = report_html(cnndsl.compile(spec).graph)
     assert "<code>tiny.cnn</code>" in page
     assert "private-folder" not in page and str(tmp_path) not in page
+
+
+def test_cell_numbers_sit_above_the_cells_not_on_them() -> None:
+    from cnndsl.plot import maps
+
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 6))
+    fig = maps.draw_filters(kernel, "k")
+    ax = fig.axes[0]
+    image = ax.get_images()[0].get_array()
+    numbers = [t for t in ax.texts if t.get_text().isdigit()]
+    assert [t.get_text() for t in numbers] == [str(i) for i in range(6)]
+    for t in numbers:
+        x, y = t.get_position()  # the text's bottom-left, in pixel coordinates
+        row, col = int(round(y + 0.5)) - 1, int(round(x + 0.5))
+        assert np.ma.is_masked(image[row, col]), "the number covers a kernel value"
+        assert not np.ma.is_masked(image[row + 1, col]), "the cell starts right below"
+
+
+def test_an_edge_into_a_block_stops_at_its_border() -> None:
+    from cnndsl.plot import draw
+
+    text = """block unit(f) {
+    return relu(input + (input -> conv(f, 3, padding=same)))
+}
+network n() {
+    input x: [8, 8, 4]
+    return x -> conv(4, 3, padding=same) -> unit(4) -> flatten
+}"""
+    d = draw(cnndsl.compile(text).graph)
+    dom_id = d.clusters["unit_1"][0]
+    into = [line for line in d.dot.body if "->" in line and "lhead" in line]
+    # The edge to the block's first layer ends at the cluster (above its label); the
+    # skip into the block's add still reaches the add itself.
+    assert len(into) == 1 and f"cluster_{dom_id}" in into[0] and "unit_1/conv_1" in into[0]
+    skip = [line for line in d.dot.body if "->" in line and "unit_1/add_1" in line]
+    assert skip and all("lhead" not in line for line in skip)

@@ -91,6 +91,25 @@ def test_relu_that_cannot_join_its_producer_runs_in_place() -> None:
     assert plan.steps[relu.inputs[0]].op == "avgpool" and relu.attrs["inplace"] is True
 
 
+def test_relu_after_an_upsample_runs_in_place_and_computes_the_same() -> None:
+    """upsample hands over a fresh array (`Op.fresh_output`): the relu may overwrite it."""
+    net = cnndsl.compile(
+        """
+        network n() {
+            input x: [3, 4, 2]
+            return x -> conv(3, 1) -> upsample(2, interpolation=bilinear) -> relu
+                -> flatten -> dense(2)
+        }
+        """
+    )
+    plan = lower(net.graph)
+    relu = next(s for s in plan if s.op == "relu")
+    assert plan.steps[relu.inputs[0]].op == "upsample" and relu.attrs["inplace"] is True
+    fused, plain = twin_models(net)
+    x = np.random.default_rng(2).normal(size=(3, 3, 4, 2))
+    np.testing.assert_array_equal(fused(x), plain(x))
+
+
 def test_conv_variants_are_recorded_at_lowering(net: Any) -> None:
     plan = lower(net.graph)
     methods = {s.path: s.attrs.get("input_grad") for s in plan if s.op == "conv"}

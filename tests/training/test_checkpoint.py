@@ -23,6 +23,7 @@ import pytest
 
 import cnndsl
 from cnndsl.training.checkpoint import TEMP_PREFIX, CheckpointWarning, TrainingInterrupted
+from cnndsl.training.fit import ShortStatisticsWarning
 from cnndsl.training.model import ModelError
 
 TINY = """
@@ -186,6 +187,7 @@ def test_interrupt_saves_between_steps(tmp_path: Path) -> None:
     resumed = build()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ShortStatisticsWarning)  # a toy run: few steps
         fit(resumed, x, y, checkpoint_dir=tmp_path, resume=True)
     assert same_weights(resumed, reference)
 
@@ -274,8 +276,9 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path: Pa
         "checkpoint-000000005.npz",
         "checkpoint-000000010.npz",
     ]
-    temp = [n for n in left if n.startswith(".")]  # the write the kill interrupted
-    assert len(temp) == 1 and temp[0].startswith(".checkpoint-") and temp[0].endswith(".tmp")
+    temp = [n for n in left if n.endswith(".tmp")]  # the write the kill interrupted
+    assert len(temp) == 1 and temp[0].startswith(".checkpoint-")
+    assert ".lock" in left  # the killed run's lock file, taken over on resume
 
     resumed = cnndsl_run(
         *common, "--checkpoint", str(tmp_path / "ck"), "--resume",
@@ -284,6 +287,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path: Pa
     code, out, err = finish(resumed)
     assert code == 0, err
     assert "resuming from" in err and "checkpoint-000000010.npz" in err
+    assert f"taking over the lock left by process {killed.pid}" in err
     ref_code, ref_out, ref_err = finish(reference)
     assert ref_code == 0, ref_err
     with (
@@ -303,7 +307,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
         str(spec), "--data", str(data), "--epochs", "400", "--checkpoint", str(tmp_path / "ck")
     )
     assert proc.stdout is not None
-    wait_for(proc, proc.stdout, " 2/400 ")
+    wait_for(proc, proc.stderr, " 2/400 ")  # the epoch lines are progress, on stderr
     proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc)
     assert code == 130, err

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cnndsl
+from cnndsl.runtime import memory_guard
 from cnndsl.training import guards
 from cnndsl.training.guards import NonFiniteLoss, OutOfMemoryPlan, check_memory, parse_size
 from cnndsl.training.model import ModelError
@@ -108,7 +109,7 @@ def test_workspace_is_capped_for_chunked_convs_only() -> None:
         )
         return estimate_memory(cnndsl.compile(text).graph, batch=batch).workspace
 
-    per_sample = (32 * 32 * 3 * 3 * 8 + 32 * 32 * 8) * 4  # columns + padded input, plain conv
+    per_sample = (32 * 32 * 3 * 3 * 8 + 34 * 34 * 8) * 4  # columns + input padded to 34×34
     transform = 36 * 8 * 8 * 4  # shared by the lanes (not for grouped convs)
     assert workspace(1, 1) == per_sample + transform
     assert workspace(1, 256) == SCRATCH + transform < per_sample * 256
@@ -182,10 +183,12 @@ def test_fit_and_predict_refuse_a_plan_larger_than_max_memory() -> None:
 
 def test_guard_uses_the_memory_the_machine_has_free(monkeypatch: Any) -> None:
     model = build()
-    monkeypatch.setattr(guards, "available_memory", lambda backend: (1024, "MemAvailable test"))
+    monkeypatch.setattr(
+        memory_guard, "available_memory", lambda backend: (1024, "MemAvailable test")
+    )
     with pytest.raises(OutOfMemoryPlan, match=r"available \(MemAvailable test\)"):
         model.evaluate(*toy())
-    monkeypatch.setattr(guards, "available_memory", lambda backend: None)
+    monkeypatch.setattr(memory_guard, "available_memory", lambda backend: None)
     model.evaluate(*toy())  # unknown: no refusal
 
 
@@ -196,10 +199,13 @@ def test_available_memory_reads_meminfo_cgroups_and_cupy(tmp_path: Path, monkeyp
     (tmp_path / "memory.max").write_text(f"{1000 << 20}\n")
     (tmp_path / "memory.current").write_text(f"{900 << 20}\n")
     (tmp_path / "memory.stat").write_text(f"anon 1\ninactive_file {300 << 20}\n")
-    monkeypatch.setattr(guards, "CGROUP", tmp_path)
-    assert guards._cgroup_headroom() == (400 << 20, f"the cgroup limit in {tmp_path}/memory.max")
+    monkeypatch.setattr(memory_guard, "CGROUP", tmp_path)
+    assert memory_guard._cgroup_headroom() == (
+        400 << 20,
+        f"the cgroup limit in {tmp_path}/memory.max",
+    )
     (tmp_path / "memory.max").write_text("max\n")
-    assert guards._cgroup_headroom() is None
+    assert memory_guard._cgroup_headroom() is None
 
     runtime = types.SimpleNamespace(memGetInfo=lambda: (5 << 30, 80 << 30))
     pool = types.SimpleNamespace(free_bytes=lambda: 1 << 30)
@@ -207,7 +213,7 @@ def test_available_memory_reads_meminfo_cgroups_and_cupy(tmp_path: Path, monkeyp
         cuda=types.SimpleNamespace(runtime=runtime), get_default_memory_pool=lambda: pool
     )
     backend = types.SimpleNamespace(name="cupy", xp=fake)
-    assert guards.available_memory(backend) == (6 << 30, guards.GPU_SOURCE)
+    assert guards.available_memory(backend) == (6 << 30, memory_guard.GPU_SOURCE)
 
 
 def test_cli_max_memory_refuses_with_both_figures_and_the_largest_batch(
@@ -293,6 +299,19 @@ def test_non_finite_gradient_is_located_after_finite_activations(monkeypatch: An
     monkeypatch.setattr(OPS["maxpool"], "backward", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"the gradients of layer 'maxpool_1' .*: input 0"):
         model.train_step(x, y)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_targets_are_located_in_the_loss() -> None:
+    x, _ = toy(8)
+    model = build().compile(loss="mean_squared_error")
+    before = [w.copy() for w in model.get_weights()]
+    targets = np.full((8, 3), 0.5, np.float32)
+    targets[2, 1] = np.inf  # every layer's output stays finite; the loss does not
+    with pytest.raises(NonFiniteLoss, match=r"in the loss mean_squared_error \(every layer's"):
+        model.train_step(x, targets)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -357,12 +357,14 @@ STAGES: dict[str, tuple[int, list[tuple[str, list[int]]]]] = {
         ("dropout_1", [4096]), ("F10", [4096]), ("dropout_2", [4096]), ("out", [1000]),
     ]),
     "vgg16": (1, [
-        ("image", [224, 224, 3]), ("block1", [112, 112, 64]), ("block2", [56, 56, 128]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("block1", [112, 112, 64]), ("block2", [56, 56, 128]),
         ("block3", [28, 28, 256]), ("block4", [14, 14, 512]), ("block5", [7, 7, 512]),
         ("top", [1000]),
     ]),
     "vgg19": (1, [
-        ("image", [224, 224, 3]), ("block1", [112, 112, 64]), ("block2", [56, 56, 128]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("block1", [112, 112, 64]), ("block2", [56, 56, 128]),
         ("block3", [28, 28, 256]), ("block4", [14, 14, 512]), ("block5", [7, 7, 512]),
         ("top", [1000]),
     ]),
@@ -383,22 +385,26 @@ STAGES: dict[str, tuple[int, list[tuple[str, list[int]]]]] = {
         ("global_avgpool_1", [512]), ("predictions", [1000]),
     ]),
     "resnet50": (1, [
-        ("image", [224, 224, 3]), ("conv1", [56, 56, 64]), ("conv2", [56, 56, 256]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("conv1", [56, 56, 64]), ("conv2", [56, 56, 256]),
         ("conv3", [28, 28, 512]), ("conv4", [14, 14, 1024]), ("conv5", [7, 7, 2048]),
         ("global_avgpool_1", [2048]), ("predictions", [1000]),
     ]),
     "resnet101": (1, [
-        ("image", [224, 224, 3]), ("conv1", [56, 56, 64]), ("conv2", [56, 56, 256]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("conv1", [56, 56, 64]), ("conv2", [56, 56, 256]),
         ("conv3", [28, 28, 512]), ("conv4", [14, 14, 1024]), ("conv5", [7, 7, 2048]),
         ("global_avgpool_1", [2048]), ("predictions", [1000]),
     ]),
     "resnet152": (1, [
-        ("image", [224, 224, 3]), ("conv1", [56, 56, 64]), ("conv2", [56, 56, 256]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("conv1", [56, 56, 64]), ("conv2", [56, 56, 256]),
         ("conv3", [28, 28, 512]), ("conv4", [14, 14, 1024]), ("conv5", [7, 7, 2048]),
         ("global_avgpool_1", [2048]), ("predictions", [1000]),
     ]),
     "inception_v3": (1, [
-        ("image", [299, 299, 3]), ("conv_bn_1", [149, 149, 32]), ("conv_bn_2", [147, 147, 32]),
+        ("image", [299, 299, 3]), ("preprocess_1", [299, 299, 3]),
+        ("conv_bn_1", [149, 149, 32]), ("conv_bn_2", [147, 147, 32]),
         ("conv_bn_3", [147, 147, 64]), ("maxpool_1", [73, 73, 64]), ("conv_bn_4", [73, 73, 80]),
         ("conv_bn_5", [71, 71, 192]), ("maxpool_2", [35, 35, 192]), ("mixed0", [35, 35, 256]),
         ("mixed1", [35, 35, 288]), ("mixed2", [35, 35, 288]), ("mixed3", [17, 17, 768]),
@@ -407,12 +413,14 @@ STAGES: dict[str, tuple[int, list[tuple[str, list[int]]]]] = {
         ("mixed10", [8, 8, 2048]), ("global_avgpool_1", [2048]), ("predictions", [1000]),
     ]),
     "xception": (2, [
-        ("image", [299, 299, 3]), ("base", [10, 10, 2048]), ("base/entry_flow", [19, 19, 728]),
+        ("image", [299, 299, 3]), ("preprocess_1", [299, 299, 3]),
+        ("base", [10, 10, 2048]), ("base/entry_flow", [19, 19, 728]),
         ("base/middle_flow", [19, 19, 728]), ("base/exit_flow", [10, 10, 2048]),
         ("global_avgpool_1", [2048]), ("predictions", [1000]),
     ]),
     "mobilenet": (1, [
-        ("image", [224, 224, 3]), ("conv_1", [112, 112, 32]), ("batchnorm_1", [112, 112, 32]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("conv_1", [112, 112, 32]), ("batchnorm_1", [112, 112, 32]),
         ("relu6_1", [112, 112, 32]), ("depthwise_separable_1", [112, 112, 64]),
         ("depthwise_separable_2", [56, 56, 128]), ("depthwise_separable_3", [56, 56, 128]),
         ("depthwise_separable_4", [28, 28, 256]), ("depthwise_separable_5", [28, 28, 256]),
@@ -424,7 +432,8 @@ STAGES: dict[str, tuple[int, list[tuple[str, list[int]]]]] = {
         ("flatten_1", [1000]), ("softmax_1", [1000]),
     ]),
     "mobilenet_v2": (1, [
-        ("image", [224, 224, 3]), ("conv_1", [112, 112, 32]), ("batchnorm_1", [112, 112, 32]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("conv_1", [112, 112, 32]), ("batchnorm_1", [112, 112, 32]),
         ("relu6_1", [112, 112, 32]), ("inverted_residual_stage_1", [112, 112, 16]),
         ("inverted_residual_stage_2", [56, 56, 24]), ("inverted_residual_stage_3", [28, 28, 32]),
         ("inverted_residual_stage_4", [14, 14, 64]), ("inverted_residual_stage_5", [14, 14, 96]),
@@ -433,7 +442,8 @@ STAGES: dict[str, tuple[int, list[tuple[str, list[int]]]]] = {
         ("global_avgpool_1", [1280]), ("predictions", [1000]),
     ]),
     "densenet121": (1, [
-        ("image", [224, 224, 3]), ("zeropad_1", [230, 230, 3]), ("conv_1", [112, 112, 64]),
+        ("image", [224, 224, 3]), ("preprocess_1", [224, 224, 3]),
+        ("zeropad_1", [230, 230, 3]), ("conv_1", [112, 112, 64]),
         ("batchnorm_1", [112, 112, 64]), ("relu_1", [112, 112, 64]),
         ("zeropad_2", [114, 114, 64]), ("maxpool_1", [56, 56, 64]), ("conv2", [56, 56, 256]),
         ("pool2", [28, 28, 128]), ("conv3", [28, 28, 512]), ("pool3", [14, 14, 256]),
@@ -730,8 +740,13 @@ def load_script(path: Path) -> ModuleType:
 
 
 @needs_model
-def test_transfer_script(tmp_path: Path) -> None:
+def test_transfer_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from PIL import Image
+
+    # An empty cache: the script says how to get the pretrained weights and goes on.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     rng = np.random.default_rng(0)
     for cls in ("daisy", "roses"):
@@ -757,9 +772,11 @@ def test_transfer_script(tmp_path: Path) -> None:
     ]
     result = script.main(args)
     assert math.isfinite(result["loss"]) and 0 <= result["accuracy"] <= 1
+    assert "cnndsl weights fetch xception --no-top" in capsys.readouterr().err
     assert out.is_file()
     with np.load(out) as saved:
         assert "head:kernel" in saved.files and saved["head:kernel"].shape == (2048, 2)
+        assert saved["class_names"].tolist() == ["daisy", "roses"]
     # Start again from the saved weights.
     again = script.main(
         [

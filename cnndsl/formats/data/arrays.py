@@ -25,9 +25,11 @@ def _npz_message(path: Path, problem: NpzProblem) -> str:
         "pickled": f"{path}: holds pickled Python objects, which cnndsl does not load (they"
         " can run code); save plain numeric arrays: np.savez(path, x=x.astype('float32'),"
         " y=y.astype('int64'))",
-        "bad_value": f"{path}: cannot read it as .npz ({problem.detail})",
+        "bad_value": f"{path}: not a readable .npz file: corrupt array header"
+        f" ({problem.detail}); write it again with np.savez",
         "corrupt": f"{path}: not a readable .npz file: truncated or corrupt ({problem.detail});"
         " write it again with np.savez",
+        "too_large": f"{path}: refused: {problem.detail}; save it uncompressed (np.savez)",
     }
     return messages[problem.kind]
 

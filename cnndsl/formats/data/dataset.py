@@ -19,6 +19,11 @@ Shape = tuple[int, ...]
 
 SPLIT_SEED = 0  # the test split never moves with the training seed
 
+# Labels are class indices 0..K-1 with K at most this (ImageNet-21k has 21,841
+# classes). Counting classes allocates per class, so a label of 2**40 in a
+# damaged file is refused here, before anything is counted.
+MAX_CLASSES = 100_000
+
 
 class DataError(Exception):
     """Data that cannot be used: names the file, the problem and the fix."""
@@ -84,12 +89,20 @@ class Dataset:
 # ---- checking against the network ----
 
 
-def check(ds: Dataset, input_shape: Sequence[int] | None, classes: int | None) -> Dataset:
-    """Fit ds to the network: add a channel axis to 2-D images, check shapes and labels."""
+def check(
+    ds: Dataset,
+    input_shape: Sequence[int] | None,
+    classes: int | None,
+    size_params: Sequence[str] | None = None,
+) -> Dataset:
+    """Fit ds to the network: add a channel axis to 2-D images, check shapes and labels.
+
+    size_params: the network parameters that set its input size (see _fit_shape).
+    """
     if input_shape is not None:
         want = tuple(int(d) for d in input_shape)
-        ds.x_train = _fit_shape(ds.x_train, want, ds.name)
-        ds.x_test = _fit_shape(ds.x_test, want, ds.name)
+        ds.x_train = _fit_shape(ds.x_train, want, ds.name, size_params)
+        ds.x_test = _fit_shape(ds.x_test, want, ds.name, size_params)
     for which, y in (("training", ds.y_train), ("test", ds.y_test)):
         if len(y) == 0:
             raise DataError(
@@ -113,16 +126,29 @@ def check(ds: Dataset, input_shape: Sequence[int] | None, classes: int | None) -
     return ds
 
 
-def _fit_shape(x: Any, want: Shape, name: str) -> Any:
+def _fit_shape(x: Any, want: Shape, name: str, size_params: Sequence[str] | None) -> Any:
     have = tuple(x.shape[1:])
     if have == want:
         return x
     if len(have) == 2 and want == (*have, 1):
         return _expand(x)
-    raise DataError(
-        f"{name}: samples have shape {list(have)} but the network's input is {list(want)};"
-        " use data of that shape or change the network's input (e.g. --set size=...)"
-    )
+    message = f"{name}: samples have shape {list(have)} but the network's input is {list(want)}"
+    # NOTE: suggest only a parameter the network has: a --set it lacks is one more error.
+    have_channels = have[2] if len(have) == 3 else 1
+    if len(have) not in (2, 3) or have_channels != want[-1]:
+        fix = f"use data of shape {list(want)} ({want[-1]} channels)"
+    elif size_params is None:
+        fix = "use data of that shape or change the network's input"
+    elif size_params:
+        value = have[0] if len(have) >= 2 and have[0] == have[1] else "..."
+        sets = " ".join(f"--set {p}={value}" for p in size_params)
+        fix = f"use data of that shape or change the network's input size ({sets})"
+    else:
+        fix = (
+            f"use data of shape {list(want)} (this network has no parameter for its input"
+            " size; edit its `input` line to take other data)"
+        )
+    raise DataError(f"{message}; {fix}")
 
 
 def _expand(x: Any) -> Any:
@@ -154,6 +180,16 @@ def as_labels(y: np.ndarray, where: str) -> np.ndarray:
             f"{where}: labels must be class numbers, found dtype {y.dtype}; map each class to"
             " an index 0..K-1"
         )
+    # NOTE: checked before the cast: uint64 2**63 would wrap to negative, float 1e300 to junk.
+    wide = y.astype(np.float64) if y.dtype.kind == "f" else y  # float16 cannot hold 100,000
+    far = (wide >= MAX_CLASSES) | (wide <= -MAX_CLASSES)
+    if far.any():
+        i = int(np.argmax(far))
+        raise DataError(
+            f"{where}: label {y[i]} (sample {i}) is not a class index cnndsl accepts: labels"
+            f" are 0..K-1 with at most {MAX_CLASSES:,} classes; save class indices, not class"
+            " codes"
+        )
     return y.astype(np.int64)
 
 
@@ -170,7 +206,8 @@ def as_images(x: np.ndarray, where: str) -> Any:
         )
     if x.dtype == np.uint8:
         return Images(np.ascontiguousarray(x))
-    x = x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # NOTE: what overflows is refused below
+        x = x.astype(np.float32)
     finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
     if not finite.all():
         raise DataError(
@@ -187,6 +224,12 @@ def split(x: Any, y: np.ndarray, test_split: float, name: str) -> tuple[Any, Any
     if len(y) < 2:
         raise DataError(f"{name}: needs at least 2 samples to split off a test set")
     n_test = math.ceil(test_split * len(y))
+    if not 1 <= n_test < len(y):
+        side = "training" if n_test >= len(y) else "test"
+        raise DataError(
+            f"{name}: a test split of {test_split:g} of {len(y)} samples leaves the {side} set"
+            " empty; choose a --test-split that keeps samples on both sides (e.g. 0.2)"
+        )
     stratify = None
     if y.min() >= 0:
         present = np.bincount(y)

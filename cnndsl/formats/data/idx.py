@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ from cnndsl.formats.data.dataset import (
     class_names_of,
     split,
 )
+from cnndsl.formats.files import (
+    MAX_DECOMPRESSED_BYTES,
+    MAX_DEFLATE_RATIO,
+    NotRegularFile,
+    Readable,
+    TruncatedData,
+    open_regular,
+    read_exactly,
+    size_text,
+)
 
 _IDX_TYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"),
@@ -31,39 +42,77 @@ _IDX_TYPES: dict[int, np.dtype[Any]] = {
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (gzip-compressed or not); DataError on any corruption."""
+    """Read one IDX file (gzip-compressed or not); DataError on any corruption.
+
+    The header's claimed size is checked before anything is allocated: against
+    the file's size for a plain file; for a .gz file against what deflate can
+    expand it to and MAX_DECOMPRESSED_BYTES, and then read with a bounded reader.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if f.read(2) != b"\x1f\x8b":
+                f.seek(0)
+                return _read_idx_stream(f, path, size, compressed=False)
+            f.seek(0)
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                return _read_idx_stream(stream, path, size, compressed=True)
+    except NotRegularFile as e:
+        raise DataError(f"{path}: {e.strerror}; pass an IDX file") from None
+    # gzip raises BadGzipFile (an OSError), EOFError or zlib.error on damaged data
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read it ({e}); download the file again") from None
-    if len(raw) < 4:
-        raise DataError(f"{path}: file is truncated: {len(raw)} bytes, no IDX header")
-    magic = int.from_bytes(raw[:4], "big")
-    code, ndim = raw[2], raw[3]
-    if raw[:2] != b"\0\0" or code not in _IDX_TYPES or ndim == 0:
+
+
+def _read_idx_stream(stream: Readable, path: Path, size: int, compressed: bool) -> np.ndarray:
+    """The array of an IDX stream whose file is `size` bytes (compressed or not)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: file is truncated: {len(head)} bytes, no IDX header")
+    magic = int.from_bytes(head, "big")
+    code, ndim = head[2], head[3]
+    if head[:2] != b"\0\0" or code not in _IDX_TYPES or ndim == 0:
         raise DataError(
             f"{path}: bad magic number 0x{magic:08X}; an IDX file starts with 0x00000803"
             " (images) or 0x00000801 (labels); this is not an IDX file or it is corrupt"
         )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise DataError(f"{path}: file is truncated inside its header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     dtype = _IDX_TYPES[code]
     need = math.prod(dims) * dtype.itemsize
-    have = len(raw) - header
-    if have != need:
-        problem = "truncated" if have < need else "longer than its header says"
+    claim = f"the header says {' × '.join(map(str, dims))} = {need} bytes of data"
+    if not compressed:
+        have = size - 4 - 4 * ndim
+        if have != need:
+            problem = "truncated" if have < need else "longer than its header says"
+            raise DataError(
+                f"{path}: file is {problem}: {claim}, found {have}; download the file again"
+            )
+    elif need > MAX_DEFLATE_RATIO * size:
         raise DataError(
-            f"{path}: file is {problem}: the header says {' × '.join(map(str, dims))}"
-            f" = {need} bytes of data, found {have}; download the file again"
+            f"{path}: file is corrupt: {claim}, more than a {size:,}-byte .gz file can hold;"
+            " download the file again"
         )
-    values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return values.astype(dtype.newbyteorder("="))  # native byte order, and writable
+    elif need > MAX_DECOMPRESSED_BYTES:
+        raise DataError(
+            f"{path}: refused: {claim} ({size_text(need)}), more than the"
+            f" {size_text(MAX_DECOMPRESSED_BYTES)} cnndsl decompresses from one file;"
+            " decompress it (gunzip) and pass the uncompressed file"
+        )
+    try:
+        values = read_exactly(stream, math.prod(dims), dtype)
+    except TruncatedData as e:
+        raise DataError(
+            f"{path}: file is truncated: {claim}; the data {e}; download the file again"
+        ) from None
+    if stream.read(1):
+        raise DataError(
+            f"{path}: file is longer than its header says: {claim}; download the file again"
+        )
+    return values.reshape(dims).astype(dtype.newbyteorder("="), copy=False)  # native order
 
 
 def looks_like_idx(path: Path) -> bool:

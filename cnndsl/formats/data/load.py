@@ -25,6 +25,7 @@ from cnndsl.formats.data.dataset import DataError, Dataset, check
 from cnndsl.formats.data.digits import load_digits
 from cnndsl.formats.data.idx import idx_in_folder, load_idx, looks_like_idx
 from cnndsl.formats.data.images import load_image_folder
+from cnndsl.formats.files import NotRegularFile, require_regular_file
 
 
 def load_data(
@@ -32,25 +33,34 @@ def load_data(
     input_shape: Sequence[int] | None = None,
     classes: int | None = None,
     test_split: float = 0.2,
+    fit: str = "stretch",
+    size_params: Sequence[str] | None = None,
 ) -> Dataset:
-    """Load `spec` (see module docstring) and check it against the network's input and classes."""
+    """Load `spec` (see module docstring) and check it against the network's input and classes.
+
+    fit: how images of a folder are brought to the input size, `stretch` or `crop`.
+    size_params: the network parameters that set its input size, named in the
+    fix of a shape mismatch (None: not known; empty: the network has none).
+    """
     if not 0 < test_split < 1:
         raise DataError(f"the test split must be a fraction between 0 and 1, got {test_split}")
     try:
-        ds = _load(spec, input_shape, test_split)
+        ds = _load(spec, input_shape, test_split, fit)
     except PermissionError as e:
         raise DataError(f"{e.filename}: permission denied; make the data readable") from None
-    return check(ds, input_shape, classes)
+    return check(ds, input_shape, classes, size_params)
 
 
-def _load(spec: str, input_shape: Sequence[int] | None, test_split: float) -> Dataset:
+def _load(
+    spec: str, input_shape: Sequence[int] | None, test_split: float, fit: str = "stretch"
+) -> Dataset:
     if spec == "digits":
         ds = load_digits(test_split)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
             raise DataError(
-                f"{spec}: no such file or directory; --data takes 'digits', an IDX images"
+                f"{spec}: no such file or directory; the data must be 'digits', an IDX images"
                 " file, a .npz file or a folder of class subfolders"
             )
         if path.is_dir():
@@ -58,7 +68,12 @@ def _load(spec: str, input_shape: Sequence[int] | None, test_split: float) -> Da
             ds = (
                 load_idx(idx, test_split)
                 if idx
-                else load_image_folder(path, input_shape, test_split)
+                else load_image_folder(path, input_shape, test_split, fit)
+            )
+        elif (problem := _not_regular(path)) is not None:
+            raise DataError(
+                f"{path}: {problem}; the data must be 'digits', an IDX images file, a .npz file or"
+                " a folder of class subfolders"
             )
         elif path.suffix == ".npz":
             ds = load_npz(path, test_split)
@@ -70,6 +85,15 @@ def _load(spec: str, input_shape: Sequence[int] | None, test_split: float) -> Da
                 " (MNIST layout), a .npz file with x and y, or a folder of class subfolders"
             )
     return ds
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why path is not a file to read (a FIFO would hang, /dev/zero never end), else None."""
+    try:
+        require_regular_file(path)
+    except NotRegularFile as e:
+        return str(e.strerror)
+    return None
 
 
 def class_names(spec: str) -> list[str] | None:
