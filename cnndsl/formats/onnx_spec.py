@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cnndsl.formats.onnx_import import ImportedGraph, Node, OnnxImportError
+from cnndsl.formats.onnx_import import ImportedGraph, Node, OnnxImportError, read_onnx
 from cnndsl.ops.attrs import REQUIRED
 from cnndsl.ops.registry import OPS
 
@@ -297,7 +297,6 @@ def weights_for(graph: ImportedGraph, layers: Sequence[Any]) -> dict[str, np.nda
 def import_onnx(path: str) -> tuple[str, dict[str, np.ndarray], Any]:
     """(spec text, weights by 'path:weight', the compiled Network) of the ONNX model at `path`."""
     from cnndsl.compiler import compile as compile_spec
-    from cnndsl.formats.onnx_import import read_onnx
 
     graph = read_onnx(path)
     text = write_spec(graph, os.path.basename(path))
