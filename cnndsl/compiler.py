@@ -8,6 +8,7 @@ diagnostic, the source texts (for carets) and the partial graph.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,19 +192,9 @@ def compile(  # noqa: A001 - the public name users expect: cnndsl.compile(...)
     loader, scope = load(source)
     definition = pick_network(scope, network)
     elaborator = Elaborator(loader, max_layers or 100_000)
-    try:
-        graph = elaborator.network(scope, definition, params)
-        for step in PIPELINE:
-            graph = step(graph)
-    except CnnError as exc:
-        raise with_partial(exc, elaborator.graph, loader.sources) from None
-    except RecursionError:
-        raise with_partial(
-            error("E092", "the spec nests too deeply to compile", definition.span),
-            elaborator.graph,
-            loader.sources,
-        ) from None
-    return Network(graph, loader.sources, unread_pixel_warnings(graph))
+    return _finish(
+        loader, elaborator, definition, lambda: elaborator.network(scope, definition, params)
+    )
 
 
 def compile_block(
@@ -221,8 +212,18 @@ def compile_block(
         )
     definition = scope.names[block][0]
     elaborator = Elaborator(loader)
+    shape = tuple(input_shape)
+    return _finish(
+        loader, elaborator, definition, lambda: elaborator.block(scope, definition, shape, params)
+    )
+
+
+def _finish(
+    loader: Loader, elaborator: Elaborator, definition: Any, elaborate: Callable[[], Graph]
+) -> Network:
+    """Elaborate, run the pass pipeline; a failure's error carries the graph built so far."""
     try:
-        graph = elaborator.block(scope, definition, tuple(input_shape), params)
+        graph = elaborate()
         for step in PIPELINE:
             graph = step(graph)
     except CnnError as exc:
