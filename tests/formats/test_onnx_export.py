@@ -109,8 +109,10 @@ network every_op(classes=4) {
     b = x -> avgpool(3, stride=2, padding=same)
     c = x -> avgpool(2, stride=2, padding=1) -> upsample(2) -> maxpool(3, stride=2, padding=same)
     d = x -> upsample(2, interpolation=bilinear) -> maxpool(4, padding=1) -> tanh -> relu
-    m = concat(a, b, c, d) -> sigmoid
-    s = m -> global_avgpool -> dense(32, activation=sigmoid)
+    e = x -> conv_transpose(4, 3, stride=2, padding=same, output_padding=1) -> crop(1)
+        -> conv_transpose(8, 2, stride=3, activation=relu) -> maxpool(9)
+    m = concat(a, b, c, d, e) -> sigmoid
+    s = m -> global_avgpool -> dense(40, activation=sigmoid)
     y = m * s
     z = add(y, m, m) -> global_maxpool
     w = y -> flatten -> dropout(0.5) -> dense(16) -> batchnorm -> identity

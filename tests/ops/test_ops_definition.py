@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 from op_cases import (
-    SEED,
     Case,
+    draws_randoms,
     get_case,
     make_ctx,
     make_inputs,
@@ -232,11 +232,11 @@ def ref_lrn(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
     return y
 
 
-def ref_dropout(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+def ref_dropout(a: Attrs, xs: list, w: dict, case: Case, xp: Any = np) -> np.ndarray:
     x = xs[0]
     if not case.training:
         return x.copy()
-    u = np.random.default_rng(SEED).random(x.shape)  # the draw the op's ctx.rng makes
+    u = to_host(make_ctx(case, xp).rng.random(x.shape))  # the draw the op's ctx.rng makes
     y = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
         y[idx] = x[idx] / (1 - a.rate) if u[idx] >= a.rate else 0.0
@@ -335,6 +335,55 @@ def ref_multiply(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
     return y
 
 
+def _transposed_length(n: int, f: int, s: int, padding: str, extra: int | None) -> int:
+    """Keras' deconv_output_length (dilation 1), written from its source."""
+    if extra is None:
+        return n * s + max(f - s, 0) if padding == "valid" else n * s
+    return (n - 1) * s + f - 2 * (f // 2 if padding == "same" else 0) + extra
+
+
+def ref_conv_transpose(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    """y[o, p, k] = b[k] + Σ x[i, j, c]·w[u, v, k, c] over i·sh + u = o + crop_h (columns alike).
+
+    crop is TensorFlow's `same` on the output length: the input gradient of a
+    conv from an L-long input to this n-long one.
+    """
+    x, kernel = xs[0], w["kernel"]
+    n, h, wd, c = x.shape
+    (fh, fw), (sh, sw), f = a.kernel, a.stride, a.filters
+    extra = a.output_padding or (None, None)
+    lh = _transposed_length(h, fh, sh, a.padding, extra[0])
+    lw = _transposed_length(wd, fw, sw, a.padding, extra[1])
+    ch = max((h - 1) * sh + fh - lh, 0) // 2 if a.padding == "same" else 0
+    cw = max((wd - 1) * sw + fw - lw, 0) // 2 if a.padding == "same" else 0
+    z = np.zeros((n, lh, lw, f))
+    for b in range(n):
+        for i in range(h):
+            for j in range(wd):
+                for u in range(fh):
+                    for v in range(fw):
+                        o, p = i * sh + u - ch, j * sw + v - cw
+                        if 0 <= o < lh and 0 <= p < lw:
+                            for k in range(f):
+                                z[b, o, p, k] += sum(x[b, i, j, q] * kernel[u, v, k, q]
+                                                     for q in range(c))  # fmt: skip
+    if "bias" in w:
+        z += w["bias"]
+    return fused(a, z)
+
+
+def ref_crop(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    """y[i, j] = x[i + top, j + left] for i < h − top − bottom, j < w − left − right."""
+    x = xs[0]
+    (t, b), (l, r) = a.cropping
+    n, h, wd, c = x.shape
+    y = np.empty((n, h - t - b, wd - l - r, c))
+    for i in range(h - t - b):
+        for j in range(wd - l - r):
+            y[:, i, j] = x[:, i + t, j + l]
+    return y
+
+
 REFS: dict[str, Ref] = {
     "conv": ref_conv,
     "depthwise_conv": ref_depthwise_conv,
@@ -354,6 +403,8 @@ REFS: dict[str, Ref] = {
     "multiply": ref_multiply,
     "preprocess": ref_preprocess,
     "upsample": ref_upsample,
+    "conv_transpose": ref_conv_transpose,
+    "crop": ref_crop,
     **{
         name: (lambda a, xs, w, case, name=name: ref_activation(name, a, xs[0]))
         for name in [*SCALAR, "softmax"]
@@ -372,9 +423,11 @@ def test_forward_matches_definition(op: str, i: int, xp: Any) -> None:
     assert op in REFS, f"op '{op}' has no reference implementation here"
     rng = np.random.default_rng(7)
     xs, ws = make_inputs(case, rng), make_weights(case, rng)
-    expected = REFS[op](case.attrs, xs, ws, case)
+    # dropout's reference draws from the generator of the module under test
+    expected = REFS[op](case.attrs, xs, ws, case, *((xp,) if op == "dropout" else ()))
     dev_ws = {k: xp.asarray(v.copy()) for k, v in ws.items()}  # batchnorm updates in place
-    y, _ = OPS[op].forward(xp, case.attrs, [xp.asarray(x) for x in xs], dev_ws, make_ctx(case))
+    ctx = make_ctx(case, xp)
+    y, _ = OPS[op].forward(xp, case.attrs, [xp.asarray(x) for x in xs], dev_ws, ctx)
     np.testing.assert_allclose(to_host(y), expected, rtol=1e-10, atol=1e-12)
     if op == "batchnorm" and case.training:  # moving stats moved toward the batch's (biased)
         m = case.attrs.momentum
@@ -392,7 +445,13 @@ def test_forward_matches_definition(op: str, i: int, xp: Any) -> None:
 
 @pytest.mark.parametrize(("op", "i"), op_params())
 def test_cupy_matches_numpy(op: str, i: int, cupy: Any) -> None:
-    """The same kernels on CuPy give NumPy's outputs and gradients."""
+    """The same kernels on CuPy give NumPy's outputs and gradients.
+
+    Where the op draws randoms (dropout in training) CuPy's generator draws
+    other numbers than NumPy's: that case is checked against its definition
+    with CuPy's draws (test_forward_matches_definition) and its backward here
+    against the mask the forward kept.
+    """
     xp = cupy
     case = get_case(op, i)
     rng = np.random.default_rng(3)
@@ -401,13 +460,19 @@ def test_cupy_matches_numpy(op: str, i: int, cupy: Any) -> None:
     results = []
     for mod in (np, xp):
         w = {k: mod.asarray(v.copy()) for k, v in ws.items()}
-        y, saved = OPS[op].forward(mod, case.attrs, [mod.asarray(x) for x in xs], w, make_ctx(case))
-        dxs, dws = OPS[op].backward(mod, case.attrs, saved, mod.asarray(dy), w, make_ctx(case))
+        ctx = make_ctx(case, mod)
+        y, saved = OPS[op].forward(mod, case.attrs, [mod.asarray(x) for x in xs], w, ctx)
+        dxs, dws = OPS[op].backward(mod, case.attrs, saved, mod.asarray(dy), w, make_ctx(case, mod))
+        if draws_randoms(case):  # y = x·m and dx = dy·m for the same mask m
+            m = to_host(y) / xs[0]
+            np.testing.assert_allclose(to_host(dxs[0]), dy * m, rtol=1e-10, atol=1e-12)
+            continue
         results.append(
             [to_host(y), *map(to_host, dxs), *(to_host(dws[k]) for k in trainable(case))]
         )
-    for ours, ref in zip(results[1], results[0], strict=True):
-        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    if results:
+        for ours, ref in zip(results[1], results[0], strict=True):
+            np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_erfc_matches_math() -> None:

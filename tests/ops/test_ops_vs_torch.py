@@ -177,6 +177,32 @@ def t_upsample(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
     return nhwc(F.interpolate(x, scale_factor=a.size, mode="bilinear", align_corners=False))
 
 
+def t_conv_transpose(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    """F.conv_transpose2d without padding, then the output window cut (or zero-extended)
+    by F.pad: crop before as TensorFlow's `same`, length as Keras' rule."""
+    x = nchw(xs[0])
+    full = F.conv_transpose2d(x, w["kernel"].permute(3, 2, 0, 1), stride=a.stride)
+    extra = a.output_padding or (None, None)
+    sides = []
+    for axis in (1, 0):  # F.pad lists the last axis first
+        n, f, s = x.shape[2 + axis], a.kernel[axis], a.stride[axis]
+        if extra[axis] is None:
+            length = n * s + max(f - s, 0) if a.padding == "valid" else n * s
+        else:
+            length = (n - 1) * s + f - 2 * (f // 2 if a.padding == "same" else 0) + extra[axis]
+        size = full.shape[2 + axis]
+        before = max(size - length, 0) // 2 if a.padding == "same" else 0
+        sides += [-before, length - (size - before)]
+    z = nhwc(F.pad(full, sides))
+    return fused(a, z + w["bias"] if "bias" in w else z)
+
+
+def t_crop(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    """Negative F.pad crops."""
+    (t, b), (l, r) = a.cropping
+    return nhwc(F.pad(nchw(xs[0]), (-l, -r, -t, -b)))
+
+
 TORCH: dict[str, Callable[[Attrs, list[T], dict[str, T], Case], T]] = {
     "conv": t_conv,
     "depthwise_conv": t_depthwise_conv,
@@ -196,6 +222,8 @@ TORCH: dict[str, Callable[[Attrs, list[T], dict[str, T], Case], T]] = {
     "multiply": t_multiply,
     "preprocess": t_preprocess,
     "upsample": t_upsample,
+    "conv_transpose": t_conv_transpose,
+    "crop": t_crop,
     **{name: (lambda a, xs, w, c, f=f: f(a, xs[0])) for name, f in TORCH_ACT.items()},
 }
 

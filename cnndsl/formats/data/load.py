@@ -2,6 +2,8 @@
 
 `load_data(spec, input_shape, classes)` understands:
   "digits"            scikit-learn's 8×8 handwritten digits (shipped with it; the default)
+  a set's name        mnist, fashion_mnist, cifar10, tf_flowers: downloaded once into the
+                      user's cache folder (cnndsl.formats.data.named), with their own split
   IDX files           MNIST / Fashion-MNIST as distributed: pass the images file
                       (train-images-idx3-ubyte[.gz]) or their folder; the labels
                       file and the t10k test files are found by the standard names
@@ -25,7 +27,11 @@ from cnndsl.formats.data.dataset import DataError, Dataset, check
 from cnndsl.formats.data.digits import load_digits
 from cnndsl.formats.data.idx import idx_in_folder, load_idx, looks_like_idx
 from cnndsl.formats.data.images import load_image_folder
+from cnndsl.formats.data.named import CIFAR10_CLASSES, FASHION_CLASSES, NAMED, load_named
+from cnndsl.formats.fetch import Notify, Progress
 from cnndsl.formats.files import NotRegularFile, require_regular_file
+
+KNOWN_CLASSES = {"fashion_mnist": FASHION_CLASSES, "cifar10": CIFAR10_CLASSES}
 
 
 def load_data(
@@ -35,17 +41,23 @@ def load_data(
     test_split: float = 0.2,
     fit: str = "stretch",
     size_params: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    notify: Notify | None = None,
 ) -> Dataset:
     """Load `spec` (see module docstring) and check it against the network's input and classes.
 
     fit: how images of a folder are brought to the input size, `stretch` or `crop`.
     size_params: the network parameters that set its input size, named in the
     fix of a shape mismatch (None: not known; empty: the network has none).
+    progress, notify: callbacks of a named set's download (bytes so far and total; notices).
     """
     if not 0 < test_split < 1:
         raise DataError(f"the test split must be a fraction between 0 and 1, got {test_split}")
     try:
-        ds = _load(spec, input_shape, test_split, fit)
+        if spec in NAMED:
+            ds = load_named(spec, input_shape, test_split, fit, progress=progress, notify=notify)
+        else:
+            ds = _load(spec, input_shape, test_split, fit)
     except PermissionError as e:
         raise DataError(f"{e.filename}: permission denied; make the data readable") from None
     return check(ds, input_shape, classes, size_params)
@@ -60,8 +72,9 @@ def _load(
         path = Path(spec).expanduser()
         if not path.exists():
             raise DataError(
-                f"{spec}: no such file or directory; the data must be 'digits', an IDX images"
-                " file, a .npz file or a folder of class subfolders"
+                f"{spec}: no such file or directory; the data must be 'digits', a named set"
+                f" ({', '.join(NAMED)}), an IDX images file, a .npz file or a folder of class"
+                " subfolders"
             )
         if path.is_dir():
             idx = idx_in_folder(path)
@@ -98,8 +111,10 @@ def _not_regular(path: Path) -> str | None:
 
 def class_names(spec: str) -> list[str] | None:
     """Class names of a source without loading it: digits 0-9, a folder's subfolders."""
-    if spec == "digits":
+    if spec in ("digits", "mnist"):
         return [str(i) for i in range(10)]
+    if spec in KNOWN_CLASSES:
+        return list(KNOWN_CLASSES[spec])
     path = Path(spec)
     if path.is_dir() and idx_in_folder(path) is None:
         return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
