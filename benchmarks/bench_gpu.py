@@ -10,7 +10,10 @@ Times are medians of `--steps` steps after two warm-up steps (CuPy compiles its
 kernels in the first), each closed by a device synchronisation. PyTorch is
 optional: without it (or without CUDA in it) only cnndsl's times are printed.
 PyTorch runs twice: as it comes (cuDNN may use TF32 for convolutions) and with
-TF32 off, which is the arithmetic cnndsl's float32 GEMMs do.
+TF32 off, which is the arithmetic cnndsl's float32 GEMMs do (CuPy uses TF32
+only with CUPY_TF32=1; gpu_check.sh sets 0). Memory is reserved bytes on both:
+CuPy's memory pool (`total_bytes`, what it holds from the driver) and
+PyTorch's `max_memory_reserved`. --winograd lets the CuPy backend choose Winograd.
 Writes gpu_results.md and gpu_results.json to --out (default: $OUT if set).
 """
 
@@ -50,7 +53,9 @@ def timed(step: Callable[[], None], sync: Callable[[], None], steps: int) -> lis
     return times
 
 
-def cnndsl_times(net: str, steps: int, standin: bool = False) -> dict[str, Any]:
+def cnndsl_times(
+    net: str, steps: int, standin: bool = False, winograd: bool = False
+) -> dict[str, Any]:
     """cnndsl on the cupy backend: step times and the memory pool's high-water mark.
 
     standin=True runs the same code with NumPy standing in for CuPy (a dry run on a CPU).
@@ -63,14 +68,16 @@ def cnndsl_times(net: str, steps: int, standin: bool = False) -> dict[str, Any]:
     from cnndsl.training.model import Model
 
     spec, shape, _ = NETS[net]
-    backend = CupyBackend(xp=np) if standin else CupyBackend()
+    backend = CupyBackend(xp=np, winograd=winograd) if standin else CupyBackend(winograd=winograd)
+    pool = getattr(backend.xp, "get_default_memory_pool", None)
+    if pool is not None:
+        pool().free_all_blocks()  # reserved bytes: this network's, not the last one's
     model = Model(cnndsl.compile(str(ROOT / spec)).graph, backend=backend, seed=0)
     model.compile(optimizer={"name": "sgd", "lr": LR, "momentum": MOMENTUM})
     rng = np.random.default_rng(0)
     x = rng.random((BATCH, *shape), dtype=np.float32)
     y = rng.integers(0, 10, BATCH)
     times = timed(lambda: model.train_step(x, y), model.backend.synchronize, steps)
-    pool = getattr(backend.xp, "get_default_memory_pool", None)
     return {"times": times, "memory_mb": pool().total_bytes() / 2**20 if pool else 0.0}
 
 
@@ -101,9 +108,10 @@ def torch_times(net: str, steps: int, tf32: bool) -> dict[str, Any] | None:
         F.cross_entropy(model(x.cuda()), y.cuda()).backward()
         opt.step()
 
+    torch.cuda.empty_cache()  # reserved bytes: this network's, not the last one's
     torch.cuda.reset_peak_memory_stats()
     times = timed(step, torch.cuda.synchronize, steps)
-    return {"times": times, "memory_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"times": times, "memory_mb": torch.cuda.max_memory_reserved() / 2**20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--standin", action="store_true", help="NumPy in place of CuPy, no PyTorch: a dry run"
     )
+    parser.add_argument("--winograd", action="store_true", help="let the CuPy backend use Winograd")
     args = parser.parse_args(argv)
     rows: dict[str, dict[str, Any]] = {}
     for net in args.nets.split(","):
-        rows[net] = {"cnndsl": cnndsl_times(net, args.steps, args.standin)}
+        rows[net] = {"cnndsl": cnndsl_times(net, args.steps, args.standin, args.winograd)}
         rows[net]["torch"] = None if args.standin else torch_times(net, args.steps, tf32=True)
         rows[net]["torch_fp32"] = None if args.standin else torch_times(net, args.steps, False)
         # Print and write after every network: a run stopped by a timeout keeps what it had.
@@ -147,7 +156,7 @@ def render(rows: dict[str, dict[str, Any]]) -> str:
         f"Training step, batch {BATCH}, float32; ratio = cnndsl / PyTorch.",
         "",
         "| network | cnndsl (cupy) | PyTorch | ratio | PyTorch, TF32 off | ratio |"
-        " cnndsl pool | PyTorch peak |",
+        " cnndsl reserved | PyTorch reserved |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for net, r in rows.items():

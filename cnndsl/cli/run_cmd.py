@@ -35,8 +35,11 @@ import numpy as np
 
 from cnndsl.cli import ranges
 from cnndsl.cli.common import add_spec_arguments, load_network
+from cnndsl.cli.weights_cmd import DownloadBar
 from cnndsl.formats import imagenet
-from cnndsl.formats.data import DataError, class_names, load_data, load_images
+from cnndsl.formats.data import DataError, Dataset, check, class_names, load_data, load_images
+from cnndsl.formats.data.arrays import load_output_arrays
+from cnndsl.formats.data.named import NAMED
 from cnndsl.formats.files import UnwritableOutput, check_output_path, write_atomic
 from cnndsl.ops import OPS
 from cnndsl.runtime.backends import BackendError
@@ -289,14 +292,10 @@ def _run(args: argparse.Namespace, net: Any) -> int:
     if args.predict and args.load and args.epochs is None:
         return _predict(args, model, net, classes, class_names(settings.data))
 
-    data = load_data(
-        settings.data,
-        net.input_shape,
-        classes,
-        test_split=args.test_split,
-        fit=image_fit(net),
-        size_params=size_params(net),
-    )
+    if len(model.output_names) > 1:
+        data: Any = _output_arrays(args, net, model, settings.data)
+    else:
+        data = _one_output_data(args, net, classes, settings.data)
     model.class_names = data.class_names  # saved with the weights, for --predict
     epochs, batch = settings.epochs, settings.batch
     counts = model.count_params()
@@ -304,13 +303,13 @@ def _run(args: argparse.Namespace, net: Any) -> int:
     # line it ran past any terminal's width.
     print(
         f"{net.name}: {counts['total']:,} parameters ({counts['trainable']:,} trainable);"
-        f" data {data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples\n"
-        f"training: {model.loss.name}, batch {batch}, {_count(epochs, 'epoch')}\n"
+        f" data {data.name}: {len(data.x_train)} training, {len(data.x_test)} test samples\n"
+        f"training: {_losses(model)}, batch {batch}, {_count(epochs, 'epoch')}\n"
         f"optimizer: {model.optimizer!r}",
         file=sys.stderr,
     )
     callbacks: list[Callback] = [EpochLines(epochs)]
-    callbacks.append(LossExplosion(data.x_train[:32], data.y_train[:32]))  # warns once
+    callbacks.append(LossExplosion(data.x_train[:32], _first(data.y_train, 32)))  # warns once
     if not args.quiet:
         callbacks.insert(0, ProgressBar(epochs))
     history = model.fit(
@@ -356,6 +355,66 @@ def _run(args: argparse.Namespace, net: Any) -> int:
     if args.predict:
         return _predict(args, model, net, classes, data.class_names)
     return 0
+
+
+def _one_output_data(args: argparse.Namespace, net: Any, classes: int | None, source: str) -> Any:
+    """The Dataset that --data names, checked against the network's input and classes."""
+    # A named set's first use downloads it: a bar on a terminal.
+    with DownloadBar(quiet=args.quiet or source not in NAMED) as bar:
+        return load_data(
+            source,
+            net.input_shape,
+            classes,
+            test_split=args.test_split,
+            fit=image_fit(net),
+            size_params=size_params(net),
+            progress=bar.update,
+            notify=bar.notice,
+        )
+
+
+def _output_arrays(args: argparse.Namespace, net: Any, model: Any, source: str) -> Any:
+    """A .npz with one label array per output, for a network with several outputs."""
+    data = load_output_arrays(source, model.output_names, args.test_split)
+    # NOTE: the images go through the same shape checks as one output's data; the
+    # labels stand in as sample numbers, and the model checks the real ones.
+    shaped = check(
+        Dataset(
+            data.name,
+            data.x_train,
+            np.arange(len(data.x_train)),
+            data.x_test,
+            np.arange(len(data.x_test)),
+        ),
+        net.input_shape,
+        None,
+        size_params(net),
+    )
+    data.x_train, data.x_test = shaped.x_train, shaped.x_test
+    for which, x, y in (
+        ("training", data.x_train, data.y_train),
+        ("test", data.x_test, data.y_test),
+    ):
+        try:
+            model._checked_labels(y, len(x))
+        except (LossError, ModelError) as e:
+            raise DataError(f"{data.name}: {which} labels: {e}") from None
+    return data
+
+
+def _losses(model: Any) -> str:
+    """The loss that trains, or each output's with its weight: 'cls mse, box mse × 0.3'."""
+    if len(model.output_names) == 1:
+        return str(model.loss.name)
+    return ", ".join(
+        f"{name} {lf.name}" + (f" × {w:g}" if w != 1 else "")
+        for name, lf, w in zip(model.output_names, model.losses, model.loss_weights, strict=True)
+    )
+
+
+def _first(y: Any, n: int) -> Any:
+    """The first n labels: of one array, or of each output's."""
+    return {k: v[:n] for k, v in y.items()} if isinstance(y, dict) else y[:n]
 
 
 def _second_stage(
@@ -447,9 +506,15 @@ def _predict(
 ) -> int:
     names = output_names(model, classes, names)
     x = load_images(args.predict, net.input_shape, fit=image_fit(net))
-    probs = model.predict(x)
+    outputs = model.predict(x)
+    # NOTE: several outputs: the first ranks classes; the others are shown as values.
+    probs, others = (outputs[0], outputs[1:]) if isinstance(outputs, list) else (outputs, [])
     k = max(1, args.top_k)
-    for path, p in zip(args.predict, probs, strict=True):
+    for n, (path, p) in enumerate(zip(args.predict, probs, strict=True)):
+        rest = "".join(
+            f"; {name} {np.array2string(o[n].reshape(-1), precision=3)}"
+            for name, o in zip(model.output_names[1:], others, strict=True)
+        )
         p = p.reshape(-1)
         if p.shape[0] == 1:  # one sigmoid unit: P(class 1)
             p = np.array([1 - p[0], p[0]])
@@ -457,7 +522,7 @@ def _predict(
         shown = ", ".join(
             f"{names[i] if names and i < len(names) else i} ({p[i]:.3f})" for i in top
         )
-        print(f"{path}: {shown}")
+        print(f"{path}: {shown}{rest}")
     return 0
 
 

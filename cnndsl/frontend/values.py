@@ -211,6 +211,26 @@ def _optimizer(value: Any, span: Span | None) -> dict[str, Any]:
     return {"name": _as_name(value, span, "optimizer")}
 
 
+def _loss(value: Any, span: Span | None) -> str | list[str]:
+    # NOTE: a list gives one loss per output, in the order the network returns them.
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise error("E073", "loss must name a loss, or one per output: [a, b]", span)
+        return [_as_name(v, span, "each loss") for v in value]
+    return _as_name(value, span, "loss")
+
+
+def _loss_weights(value: Any, span: Span | None) -> list[float]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(is_num(v) and v >= 0 for v in items):
+        raise error(
+            "E073",
+            f"loss_weights must be numbers >= 0, one per output: [1, 0.3], not {show(value)}",
+            span,
+        )
+    return [float(v) for v in items]
+
+
 def _metrics(value: Any, span: Span | None) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
     return [_as_name(v, span, "a metric") for v in items]
@@ -239,7 +259,8 @@ def _number(
 # NOTE: the section is checked here, where its spans are; cnndsl.training.settings
 # turns the checked dict into the typed TrainSettings with one field per entry here.
 TRAIN_SETTINGS: dict[str, Callable[[Any, Span | None], Any]] = {
-    "loss": lambda v, s: _as_name(v, s, "loss"),
+    "loss": _loss,
+    "loss_weights": _loss_weights,
     "optimizer": _optimizer,
     "metrics": _metrics,
     "batch": _number(int, lambda v: v >= 1, "a whole number >= 1"),

@@ -18,7 +18,7 @@ followed by a 1×1 conv2d.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,16 +218,34 @@ class Conv(ConvLike):
         padded = math.prod(geo.padded) * geo.channels if geo.pads != NOPAD else 0
         return geo.out[0] * geo.out[1] * geo.columns + padded, a.groups != 1
 
-    def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
-        """The kernels for this shape: forward_method's and input_grad_method's choices."""
+    def plan(
+        self,
+        a: Attrs,
+        xs: Sequence[Shape],
+        y: Shape,
+        algorithms: Collection[str] | None = None,
+    ) -> dict[str, Any]:
+        """The kernels for this shape: forward_method's and input_grad_method's choices.
+
+        algorithms: those the backend has (`Capabilities.conv_algorithms`; None:
+        all). Without Winograd, forward and kernel gradient run as im2col and
+        the input gradient as "full" (the stride-1 case Winograd was chosen for).
+        With "cudnn" (the CuPy backend with nvidia-cudnn-frontend) all three are cuDNN's.
+        """
         if a.groups != 1:
             return {}
         geo = conv_geometry(a, xs[0])
-        return {
+        chosen = {
             "forward": forward_method(geo, a.filters),
             "input_grad": input_grad_method(geo, a.filters),
             "kernel_grad": kernel_grad_method(geo, a.filters),
         }
+        if algorithms is not None and "cudnn" in algorithms:
+            return {"forward": "cudnn", "input_grad": "cudnn", "kernel_grad": "cudnn"}
+        if algorithms is not None and "winograd" not in algorithms:
+            fallback = {"forward": "im2col", "input_grad": "full", "kernel_grad": "im2col"}
+            chosen = {k: fallback[k] if v == "winograd" else v for k, v in chosen.items()}
+        return chosen
 
     def kept_for_training(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> int:
         """x's transformed tiles where forward and kernel gradient both run as Winograd."""
@@ -271,7 +289,9 @@ class Conv(ConvLike):
         tiles = _tiles_to_keep(xp, a, geo, x, ctx, method)
         keep = tiles[0] if tiles else None
         workers = workers_of(ctx)
-        z = conv2d_forward(xp, x, w["kernel"], w.get("bias"), geo, relu, workers, method, keep)
+        # NOTE: a backend may run conv itself (the CuPy backend's cuDNN, method "cudnn").
+        run = (ctx.overrides or {}).get("conv2d_forward", conv2d_forward)
+        z = run(xp, x, w["kernel"], w.get("bias"), geo, relu, workers, method, keep)
         if relu:  # applied chunk by chunk; it saves its output, as Relu.forward does
             return z, ConvSaved(x, geo, z, True, tiles)
         y, act_saved = activate(xp, a.activation, z)
@@ -296,7 +316,8 @@ class Conv(ConvLike):
         kept = None
         if s.tiles is not None and ctx.cache is not None and ctx.cache.get("owner") is s.tiles[1]:
             kept = s.tiles[0]  # no later forward of this layer has overwritten them
-        dx, dk, db = conv2d_backward(
+        run = (ctx.overrides or {}).get("conv2d_backward", conv2d_backward)
+        dx, dk, db = run(
             xp,
             s.x,
             dz,

@@ -197,19 +197,29 @@ def _chunks(
 ) -> list[tuple[int, int]]:
     """Chunks of whole samples, each with at least GEMM_ROWS output pixels where possible.
 
-    winograd: for a kernel whose GEMMs are Winograd's (`_winograd_chunks`).
+    winograd: for a kernel whose GEMMs are Winograd's (`_winograd_chunks` where
+    the workers chunk for the caches; else by bytes, like im2col's columns).
     """
-    if winograd:
+    whole = workers.chunking == "whole"
+    if winograd and not whole:
         return _winograd_chunks(n, geo)
+    if winograd:  # a GPU: as few chunks as its buffers of tiles allow
+        return workers.batch_chunks(n, _winograd_sample_bytes(geo, itemsize))
     pixels = geo.out[0] * geo.out[1]
     per_sample = pixels * max(geo.columns, 1) * itemsize
     chunks = workers.batch_chunks(n, per_sample)
     size = chunks[0][1] - chunks[0][0] if chunks else 1
     least = -(-GEMM_ROWS // max(pixels, 1))
-    if size < least:
+    if size < least and not whole:  # NOTE: a GPU's chunks are its scratch cap's: keep it
         size = min(n, least)
         chunks = [(lo, min(n, lo + size)) for lo in range(0, n, size)]
     return chunks
+
+
+def _winograd_sample_bytes(geo: Geometry, itemsize: int) -> int:
+    """Bytes of one sample's transformed tiles, input and output (taking f ≈ c)."""
+    th, tw = winograd.tiles(geo.out)
+    return 2 * winograd.SPAN**2 * th * tw * geo.channels * itemsize
 
 
 def _winograd_chunks(n: int, geo: Geometry) -> list[tuple[int, int]]:

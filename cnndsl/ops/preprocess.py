@@ -36,7 +36,9 @@ TORCH_MEAN = (0.485, 0.456, 0.406)  # on 0-1 pixels, RGB
 TORCH_STD = (0.229, 0.224, 0.225)
 
 MODES = ("caffe", "tf", "torch")
-FITS = ("crop", "stretch")
+# How image readers fit a picture of another size to the input (cnndsl.formats.data.images).
+CROP, STRETCH = "crop", "stretch"
+FITS = (CROP, STRETCH)
 
 
 def channel_affine(mode: str, channels: int) -> tuple[list[int], list[float], list[float]]:
@@ -69,7 +71,7 @@ class Preprocess(Op):
 
     name = "preprocess"
     args = ("mode",)
-    attrs = {"mode": (Choice(MODES), REQUIRED), "fit": (Choice(FITS), "crop")}
+    attrs = {"mode": (Choice(MODES), REQUIRED), "fit": (Choice(FITS), CROP)}
     key_attrs = ("mode",)
     family = "norm"  # drawn with the normalisations: it centres and scales the input
 
@@ -119,4 +121,13 @@ class Preprocess(Op):
         return [dx], {}
 
 
-__all__ = ["CAFFE_MEAN_BGR", "FITS", "MODES", "TORCH_MEAN", "TORCH_STD", "channel_affine"]
+__all__ = [
+    "CAFFE_MEAN_BGR",
+    "CROP",
+    "FITS",
+    "STRETCH",
+    "MODES",
+    "TORCH_MEAN",
+    "TORCH_STD",
+    "channel_affine",
+]

@@ -18,7 +18,7 @@ as Keras), a vector `(n,)`. Kernels see arrays with the batch axis first.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -226,12 +226,20 @@ class Op:
         """Multiply-accumulates per sample."""
         return 0
 
-    def plan(self, a: Attrs, xs: Sequence[Shape], y: Shape) -> dict[str, Any]:
+    def plan(
+        self,
+        a: Attrs,
+        xs: Sequence[Shape],
+        y: Shape,
+        algorithms: Collection[str] | None = None,
+    ) -> dict[str, Any]:
         """Kernel choices fixed at lowering from the shapes, merged into the step's attrs.
 
         E.g. conv's input-gradient variant. Attributes set here are not part of
         the language (bind rejects them); forward/backward read them with
         `a.get(name)` and fall back to the same choice when called directly.
+        algorithms: the kernels the backend has (`Capabilities.conv_algorithms`;
+        None: all of them).
         """
         return {}
 

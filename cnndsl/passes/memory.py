@@ -100,9 +100,17 @@ def kept_for_training(layer: Layer, inputs: list[Layer]) -> int:
 
 
 def estimate_memory(
-    g: Graph, batch: int = 1, optimizer_slots: int = 1, itemsize: int = BYTES
+    g: Graph,
+    batch: int = 1,
+    optimizer_slots: int = 1,
+    itemsize: int = BYTES,
+    scratch: int = SCRATCH,
 ) -> Memory:
-    """Estimate memory for `batch` samples (itemsize bytes per value) from the shaped IR."""
+    """Estimate memory for `batch` samples (itemsize bytes per value) from the shaped IR.
+
+    scratch: the most a conv kernel's chunked scratch holds (the backend's
+    `Capabilities.scratch_bytes`; SCRATCH, measured on the CPU, by default).
+    """
     layers = list(g)
     sizes = {layer.path: math.prod(layer.shape or ()) * batch * itemsize for layer in layers}
     work = {}
@@ -114,7 +122,7 @@ def estimate_memory(
         transform, partials = max(transform, shared[0]), max(partials, shared[1])
         values, every_sample = workspace(layer, inputs)
         one = values * itemsize  # one sample's
-        work[layer.path] = one * batch if every_sample else min(one * batch, max(one, SCRATCH))
+        work[layer.path] = one * batch if every_sample else min(one * batch, max(one, scratch))
     order = {layer.path: i for i, layer in enumerate(layers)}
     last_read = {layer.path: order[layer.path] for layer in layers}
     for layer in layers:
@@ -133,18 +141,18 @@ def estimate_memory(
     trainable = sum(layer.trainable_params for layer in layers) * itemsize
     activations = sum(sizes.values())
     weights = params + trainable * (1 + optimizer_slots)  # weights, grads, optimizer slots
-    scratch = max(work.values(), default=0)
+    largest_work = max(work.values(), default=0)
     largest = sorted(sizes.values(), reverse=True)[:2]
     return Memory(
         batch,
         params,
         inference_peak=peak + params,
         training=2 * activations + weights,
-        workspace=scratch + transform,
+        workspace=largest_work + transform,
         training_peak=activations
         + sum(largest)
         + weights
-        + 2 * scratch
+        + 2 * largest_work
         + transform
         + partials
         + kept,
@@ -160,14 +168,16 @@ def largest_batch(
     itemsize: int = BYTES,
     fixed: int = 0,
     kept: bool = True,
+    scratch: int = SCRATCH,
 ) -> int:
     """The largest batch whose estimate plus `fixed` bytes fits `budget` (0: not even one).
 
-    kept=False: without what layers keep by choice (`Memory.kept`).
+    kept=False: without what layers keep by choice (`Memory.kept`); scratch: as
+    for estimate_memory.
     """
 
     def fits(b: int) -> bool:
-        m = estimate_memory(g, b, optimizer_slots, itemsize)
+        m = estimate_memory(g, b, optimizer_slots, itemsize, scratch)
         need = (
             m.training_peak - (0 if kept else m.kept)
             if training

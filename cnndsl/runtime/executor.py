@@ -123,8 +123,8 @@ class Executor:
         dtype: Any = "float32",
     ) -> None:
         self.graph = graph
-        self.plan: Plan = lower(graph)
         self.backend = get_backend(backend, seed=seed)
+        self.plan: Plan = lower(graph, capabilities=self.backend.capabilities)
         if isinstance(backend, Backend):
             backend.seed(seed)  # a backend object passed in is reseeded too: determinism
         self.xp = self.backend.xp
@@ -141,7 +141,7 @@ class Executor:
         self.frozen: set[str] = {layer.path for layer in graph if not layer.trainable}
         check_weights_fit(graph, self.backend, self.dtype)  # before allocating, not after
         self._init_weights(seed)
-        self._train_plans: dict[str, tuple[Plan, bool]] = {}
+        self._train_plans: dict[tuple[str, ...], tuple[Plan, tuple[bool, ...]]] = {}
         self._refresh()
 
     # ---- weights ----
@@ -347,15 +347,28 @@ class Executor:
     def _train_plan(self, loss: Loss) -> tuple[Plan, bool]:
         """The plan used with `loss`: logits out and fused=True when the loss absorbs the
         network's final activation (softmax + cross-entropy, sigmoid + binary)."""
-        key = loss.name
+        plan, (fused,) = self._heads_plan([loss])
+        return plan, fused
+
+    def _heads_plan(self, losses: Sequence[Loss]) -> tuple[Plan, tuple[bool, ...]]:
+        """The plan trained with `losses` (one per output) and, per output, whether it is fused.
+
+        An output whose loss absorbs its final activation (softmax + cross-entropy,
+        sigmoid + binary) gives logits in this plan, and its loss works on them.
+        """
+        key = tuple(loss.name for loss in losses)
         if key not in self._train_plans:
-            act = output_activation(self.plan)
-            step = self.plan.steps[self.plan.outputs[0]]
-            last_axis = OPS[step.op].acts_along_last_axis(step.attrs, step.shape or ())
-            if act is not None and act == loss.activation and last_axis:
-                self._train_plans[key] = (strip_output_activation(self.plan), True)
-            else:
-                self._train_plans[key] = (self.plan, False)
+            plan, fused = self.plan, []
+            for o, loss in zip(self.plan.outputs, losses, strict=True):
+                act = output_activation(self.plan, o)
+                step = self.plan.steps[o]
+                last_axis = OPS[step.op].acts_along_last_axis(step.attrs, step.shape or ())
+                # NOTE: an output another step reads keeps its activation: that reader needs it.
+                read = bool(self.plan.consumers[o]) or self.plan.outputs.count(o) > 1
+                fuse = act is not None and act == loss.activation and last_axis and not read
+                plan = strip_output_activation(plan, o) if fuse else plan
+                fused.append(fuse)
+            self._train_plans[key] = (plan, tuple(fused))
         return self._train_plans[key]
 
     # ---- one batch ----
@@ -378,22 +391,63 @@ class Executor:
         observer: Observer | None = None,
     ) -> tuple[Array, Array, Array, Plan, list[Any] | None]:
         """(loss, d loss/d plan output, network output probabilities, plan, saved)."""
-        plan, fused = self._train_plan(loss)
         self._single_output()
-        (out,), saved = self._forward(plan, [x], training, keep, observer)
-        if fused:
-            value, grad, p = loss.from_logits(self.xp, out, y)
-        else:
-            value, grad = loss(self.xp, out, y)
-            p = out
-        return value, grad, p, plan, saved
+        value, _, grads, (p,), plan, saved = self._losses_and_outputs(
+            x, [y], [loss], [1.0], training, keep, observer
+        )
+        return value, grads[plan.outputs[0]], p, plan, saved
+
+    def _losses_and_outputs(
+        self,
+        x: Array,
+        ys: Sequence[Array],
+        losses: Sequence[Loss],
+        weights: Sequence[float],
+        training: bool,
+        keep: bool,
+        observer: Observer | None = None,
+    ) -> tuple[Array, list[Array], dict[int, Array], list[Array], Plan, list[Any] | None]:
+        """Every output's loss at once: (weighted total, each output's loss, d total/d each
+        plan output by step index, each output's probabilities, plan, saved).
+
+        The total is sum(weight_i · loss_i), as Keras' loss_weights, so each output's
+        gradient is its own loss's gradient times its weight.
+        """
+        if not len(ys) == len(losses) == len(weights) == len(self.plan.outputs):
+            raise ModelError(
+                f"the network has {len(self.plan.outputs)} outputs; got {len(ys)} labels,"
+                f" {len(losses)} losses and {len(weights)} loss weights"
+            )
+        plan, fused = self._heads_plan(losses)
+        outs, saved = self._forward(plan, [x], training, keep, observer)
+        total: Array = 0.0
+        values: list[Array] = []
+        grads: dict[int, Array] = {}
+        probabilities: list[Array] = []
+        for o, out, y, loss, weight, from_logits in zip(
+            plan.outputs, outs, ys, losses, weights, fused, strict=True
+        ):
+            if from_logits:
+                value, grad, p = loss.from_logits(self.xp, out, y)
+            else:
+                (value, grad), p = loss(self.xp, out, y), out
+            values.append(value)
+            if weight != 1:  # NOTE: weight 1 multiplies nothing, so one output stays bit exact
+                value, grad = value * weight, grad * self.dtype.type(weight)
+            total = value if len(values) == 1 else total + value
+            grads[o] = grad if o not in grads else grads[o] + grad
+            probabilities.append(p)
+        return total, values, grads, probabilities, plan, saved
 
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
-        """Network output for one batch, as a host array."""
+        """Network output for one batch, as a host array (a list of them, one per output,
+        for a network with several outputs)."""
         batch = self._device_batch(x)
         with self.backend.compute_scope(self.macs * len(batch)):
-            (out,), _ = self._forward(self.plan, [batch], training, keep=False)
-        return self.backend.to_host(out)
+            outs, _ = self._forward(self.plan, [batch], training, keep=False)
+        if len(outs) > 1:
+            return [self.backend.to_host(out) for out in outs]  # type: ignore[return-value]
+        return self.backend.to_host(outs[0])
 
     # ---- observed runs ----
     def observe(self, x: Any, observer: Observer, training: bool = False) -> None:
@@ -406,23 +460,34 @@ class Executor:
         with self.backend.compute_scope(self.macs * len(batch)), contextlib.suppress(_Stop):
             self._forward(self.plan, [batch], training, keep=False, observer=observer)
 
-    def observe_gradients(self, x: Array, y: Array, loss: Loss, observer: Observer) -> None:
+    def observe_gradients(
+        self,
+        x: Array,
+        y: Array | Sequence[Array],
+        loss: Loss | Sequence[Loss],
+        observer: Observer,
+        loss_weights: Sequence[float] | None = None,
+    ) -> None:
         """A training step without the update, every value to the observer, until it stops.
 
-        x and y are device arrays, as a training step holds them. Runs the plan
-        that `loss` trains (logits out where the loss absorbs the final
-        activation): each step's output, then the loss, then each step's
-        gradients in backward order. Changes what a training forward changes
-        (batchnorm's moving statistics, the device generator).
+        x and y are device arrays, as a training step holds them (y: one per
+        output, with `loss` one per output, for a network with several). Runs the
+        plan that `loss` trains (logits out where the loss absorbs the final
+        activation): each step's output, then the loss (the weighted total),
+        then each step's gradients in backward order. Changes what a training
+        forward changes (batchnorm's moving statistics, the device generator).
         """
+        losses = [loss] if isinstance(loss, Loss) else list(loss)
+        ys = [y] if isinstance(loss, Loss) else list(y)
+        weights = [1.0] * len(losses) if loss_weights is None else list(loss_weights)
         with self.backend.compute_scope(3 * self.macs * len(x)), contextlib.suppress(_Stop):
-            value, grad, _, plan, saved = self._loss_and_output(
-                x, y, loss, training=True, keep=True, observer=observer
+            value, _, grads, _, plan, saved = self._losses_and_outputs(
+                x, ys, losses, weights, training=True, keep=True, observer=observer
             )
             if observer.loss(value):
                 return
             assert saved is not None
-            self._backward(plan, saved, {plan.outputs[0]: grad}, observer)
+            self._backward(plan, saved, grads, observer)
 
     def _single_output(self) -> None:
         if len(self.plan.outputs) != 1:

@@ -9,7 +9,8 @@ Each step produces exactly one value, numbered like the step itself.
 The executor in `cnndsl.runtime.executor` is one loop over `plan.steps` calling
 `OPS[step.op].forward`; backward walks `reversed(plan.steps)` and sums the
 gradients of a value read by several steps (fan-out). Nothing here touches
-arrays, so the plan is the same for every backend.
+arrays; the plan depends on the backend only through its `Capabilities`
+(which conv kernels it has), and is the same for every backend that has them all.
 
 Lowering also fixes kernel choices that depend only on shapes and on the
 graph around a step, so that no kernel decides them per call:
@@ -39,6 +40,7 @@ from dataclasses import dataclass, replace
 
 from cnndsl.ir import Graph
 from cnndsl.ops.registry import OPS, Attrs, Shape
+from cnndsl.runtime.backends.base import Capabilities
 from cnndsl.source import Span
 
 
@@ -101,12 +103,15 @@ class Plan:
         raise KeyError(path)
 
 
-def lower(g: Graph, fuse: bool = True) -> Plan:
+def lower(g: Graph, fuse: bool = True, capabilities: Capabilities | None = None) -> Plan:
     """Lower a shaped graph to a Plan (pure: reads g, never changes it).
 
     fuse=False keeps one step per layer with the layer's own activation
-    (the reference that the fused plan is tested against).
+    (the reference that the fused plan is tested against). capabilities: the
+    backend's (`Backend.capabilities`): the kernels `Op.plan` may choose from;
+    None: every kernel, the CPU's choices.
     """
+    algorithms = capabilities.conv_algorithms if capabilities is not None else None
     order = list(g)
     index = {layer.path: i for i, layer in enumerate(order)}
     steps = []
@@ -115,7 +120,7 @@ def lower(g: Graph, fuse: bool = True) -> Plan:
         attrs = layer.attrs
         shapes = [order[index[p]].shape for p in layer.inputs]
         if layer.shape is not None and all(s is not None for s in shapes):
-            chosen = OPS[layer.op].plan(attrs, shapes, layer.shape)  # type: ignore[arg-type]
+            chosen = OPS[layer.op].plan(attrs, shapes, layer.shape, algorithms)  # type: ignore[arg-type]
             if chosen:
                 attrs = attrs.replace(**chosen)
         steps.append(

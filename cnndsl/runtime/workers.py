@@ -46,6 +46,9 @@ class Workers:
     """
 
     lanes = 1
+    # "cache": kernels cut chunks for the CPU's caches (Winograd: ~128 tiles);
+    # "whole": as few chunks as chunk_bytes allows (a GPU; `Capabilities.chunking`).
+    chunking = "cache"
 
     def __init__(self, chunk_bytes: int = CHUNK_BYTES, min_chunks: int = MIN_CHUNKS) -> None:
         self.chunk_bytes = chunk_bytes

@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,9 +175,22 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def labels_digest(y: np.ndarray) -> str:
-    """A short digest of the training labels: resuming on other data is refused."""
-    return hashlib.sha256(np.ascontiguousarray(y, dtype=np.int64).tobytes()).hexdigest()[:16]
+def labels_digest(y: np.ndarray | Sequence[np.ndarray]) -> str:
+    """A short digest of the training labels: resuming on other data is refused.
+
+    A list holds each output's labels: one gives the single output's digest;
+    several are hashed together, float labels (boxes) by their values.
+    """
+    if isinstance(y, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(y, dtype=np.int64).tobytes()).hexdigest()[:16]
+    if len(y) == 1:
+        return labels_digest(np.asarray(y[0]))
+    h = hashlib.sha256()
+    for y_i in y:
+        y_i = np.asarray(y_i)
+        kind = np.float64 if y_i.dtype.kind == "f" else np.int64
+        h.update(str(y_i.shape).encode() + np.ascontiguousarray(y_i, dtype=kind).tobytes())
+    return h.hexdigest()[:16]
 
 
 # ---- writing ----

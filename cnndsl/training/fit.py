@@ -54,6 +54,7 @@ def fit(
     optimizer: str | Mapping[str, Any] | Optimizer | None = None,
     metrics: Sequence[str] | None = None,
     lr: float | None = None,
+    loss_weights: Sequence[float] | Mapping[str, float] | None = None,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     initial_epoch: int = 0,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -67,7 +68,10 @@ def fit(
     Called as `model.fit(x, y, ...)`. A setting not given (None) is the spec's
     train section's, else its default (cnndsl.training.settings): epochs,
     batch_size (the spec's `batch`), validation_split, and loss, optimizer,
-    metrics and lr as `Model.compile` takes them. Like Keras, validation_split
+    metrics, lr and loss_weights as `Model.compile` takes them. A network with
+    several outputs takes y as a list or tuple (return order) or a dict by output
+    name; History then has the weighted total `loss`, `<output>_loss` and
+    `<output>_<metric>` (and their val_*), as Keras. Like Keras, validation_split
     takes the last fraction of (x, y) before shuffling, and validation_data
     replaces it. `augment(batch, rng)` transforms each training batch on the host.
     With checkpoint_dir, the run is saved there every `checkpoint_every` steps
@@ -83,15 +87,13 @@ def fit(
     momentum get a ShortStatisticsWarning at the end (see warn_short_statistics).
     """
 
-    model.compile(loss, optimizer, metrics, lr)
-    model._single_output()
+    model.compile(loss, optimizer, metrics, lr, loss_weights)
     run = model.settings.overridden(
         epochs=epochs, batch=batch_size, validation_split=validation_split
     )
     epochs, batch_size, validation_split = run.epochs, run.batch, run.validation_split
     n = len(x)
-    if len(y) != n:
-        raise ModelError(f"x has {n} samples but y has {len(y)}")
+    ys = model._checked_labels(y, n)
     train_idx = np.arange(n)
     if validation_data is None and validation_split:
         n_val = int(n * validation_split)
@@ -101,17 +103,16 @@ def fit(
             )
         val_idx = train_idx[n - n_val :]
         train_idx = train_idx[: n - n_val]
-        validation_data = (x[val_idx], np.asarray(y)[val_idx])
+        val_ys = [y_i[val_idx] for y_i in ys]
+        validation_data = (x[val_idx], val_ys[0] if len(ys) == 1 else val_ys)
     model._check_memory(min(batch_size, len(train_idx)), training=True)
-    y_all = np.asarray(y)
-    model.loss.check_labels(y_all, model.output_shape)
     state = TrainState(epoch=initial_epoch)
     saver = None
     if checkpoint_dir is not None:
         saver = Checkpointer(checkpoint_dir, checkpoint_every, keep)
         saver.data = {
             "samples": len(train_idx),
-            "labels": labels_digest(y_all[train_idx]),
+            "labels": labels_digest([y_i[train_idx] for y_i in ys]),
             "batch_size": batch_size,
         }
         state = saver.resume(model, state) if resume else state
@@ -119,7 +120,7 @@ def fit(
             saver.refuse_existing()
     elif resume:
         raise ModelError("resume=True needs checkpoint_dir, the folder to resume from")
-    metric_fns = [(name, get_metric(name)) for name in model.metric_names]
+    metric_fns = [(key, i, get_metric(name)) for key, i, name in model._metric_keys()]
     history = state.history
     history.params = {
         **history.params,  # resumed_from, after a resume
@@ -131,6 +132,12 @@ def fit(
         "optimizer": model.optimizer.config,
         "metrics": list(model.metric_names),
     }
+    if len(model.output_names) > 1:
+        history.params.update(
+            outputs=list(model.output_names),
+            loss={o: lf.name for o, lf in zip(model.output_names, model.losses, strict=True)},
+            loss_weights=dict(zip(model.output_names, model.loss_weights, strict=True)),
+        )
     callbacks = [*_verbose_callbacks(verbose), *callbacks]
     if state.step:  # NOTE: a resumed run's moving statistics have had its earlier steps
         model.moving_updates = {
@@ -158,7 +165,7 @@ def fit(
             logs = _train_epoch(
                 model,
                 x,
-                y_all,
+                ys,
                 state,
                 batch_size,
                 augment,
@@ -249,11 +256,11 @@ def _verbose_callbacks(verbose: int | str) -> list[Callback]:
 def _train_epoch(
     model: Model,
     x: Any,
-    y_all: np.ndarray,
+    ys: list[np.ndarray],
     state: TrainState,
     batch_size: int,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
-    metric_fns: list[tuple[str, Metric]],
+    metric_fns: list[tuple[str, int, Metric]],
     callbacks: list[Callback],
     saver: Checkpointer | None,
     interrupts: Interrupts,
@@ -263,6 +270,7 @@ def _train_epoch(
     sums, counts, order = state.sums, state.counts, state.order
     assert order is not None, "fit draws the epoch's order first"
     steps = math.ceil(len(order) / batch_size)
+    loss_keys = model._loss_keys()  # each output's own loss, with several
     start = time.perf_counter()
     for lo in range(state.batch * batch_size, len(order), batch_size):
         b = state.batch
@@ -270,20 +278,21 @@ def _train_epoch(
         xb = np.asarray(x[idx])
         if augment is not None:
             xb = augment(xb, model.rng)
-        yb = y_all[idx]
+        yb = [y_i[idx] for y_i in ys]
         try:
-            value, p = model.train_step(xb, yb)
+            value, values, ps = model._train_step(xb, yb)
         except NonFiniteLoss as e:
             last = saver.latest if saver else None
             raise e.at(state.epoch + 1, b + 1, state.step + 1, last) from None
         state.batch, state.step = b + 1, state.step + 1
-        sums["loss"] += value * len(idx)
-        counts["loss"] += len(idx)
-        ydev = model._labels(yb)
-        for name, fn in metric_fns:
-            s, c = fn(model.xp, p, ydev)
-            sums[name] = sums.get(name, 0.0) + float(s)
-            counts[name] = counts.get(name, 0) + c
+        for key, v in [("loss", value), *zip(loss_keys, values, strict=False)]:
+            sums[key] = sums.get(key, 0.0) + v * len(idx)
+            counts[key] = counts.get(key, 0) + len(idx)
+        ydev = [model._labels(y_i) for y_i in yb]
+        for key, i, fn in metric_fns:
+            s, c = fn(model.xp, ps[i], ydev[i])
+            sums[key] = sums.get(key, 0.0) + float(s)
+            counts[key] = counts.get(key, 0) + c
         logs: dict[str, Any] = {k: sums[k] / max(counts[k], 1) for k in sums}
         logs.update(samples=lo + len(idx), total=len(order), seconds=time.perf_counter() - start)
         for cb in callbacks:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnndsl.passes.memory import estimate_memory, largest_batch
+from cnndsl.passes.memory import SCRATCH, estimate_memory, largest_batch
 from cnndsl.runtime import memory_guard
 from cnndsl.runtime.executor import ModelError, Observer
 from cnndsl.runtime.lower import Step
@@ -82,7 +82,9 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
     # m/(sqrt(v)+e)); the NumPy backend's lanes update blocks, whose temporaries are small.
     largest_weight = max((s.size for s in model.specs.values()), default=0) * itemsize
     fixed = 2 * largest_weight if training else 0
-    mem = estimate_memory(model.graph, batch, slots, itemsize)
+    # NOTE: the backend's scratch cap (a GPU keeps far larger buffers than the CPU's lanes).
+    scratch = model.backend.capabilities.scratch_bytes or SCRATCH
+    mem = estimate_memory(model.graph, batch, slots, itemsize, scratch)
     needed = (mem.training_peak if training else mem.inference_peak + mem.workspace) + fixed
     if model.max_memory is not None:
         available, source = int(model.max_memory), "the figure set by --max-memory"
@@ -107,7 +109,9 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
         return
     if training:
         needed -= mem.kept
-    largest = largest_batch(model.graph, available, training, slots, itemsize, fixed, kept=False)
+    largest = largest_batch(
+        model.graph, available, training, slots, itemsize, fixed, kept=False, scratch=scratch
+    )
     what = "training" if training else "inference"
     if largest >= 1:
         fix = (
@@ -132,18 +136,42 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
 # ---- non-finite losses ----
 
 
+@dataclass(frozen=True)
+class DeviceRngState:
+    """A copy of a CuPy bit generator's state buffer (its cuRAND states, on the device)."""
+
+    buffer: Any
+
+
 def rng_state(rng: Any) -> Any:
-    """A copy of a generator's state (numpy's bit_generator.state), or None if not capturable."""
-    try:
-        return rng.bit_generator.state
-    except AttributeError:  # NOTE: cupy's generators do not expose their state
+    """A copy of a generator's state, or None if it cannot be captured.
+
+    NumPy: `bit_generator.state`, a fresh dict. CuPy (cupy.random.Generator):
+    `bit_generator.state` is a method returning a device pointer; the states
+    live in the device array `bit_generator._state`, which is copied.
+    """
+    bits = getattr(rng, "bit_generator", None)
+    if bits is None:
         return None
+    state = getattr(bits, "state", None)
+    if not callable(state):
+        return state
+    device = getattr(bits, "_state", None)
+    # NOTE: a CuPy private attribute (cupy/random/_bit_generator.pyx, CuPy 9-14);
+    # without it the state cannot be captured and the caller goes on without.
+    return DeviceRngState(device.copy()) if device is not None else None
 
 
 def set_rng_state(rng: Any, state: Any) -> None:
     """Restore what rng_state returned (nothing for None)."""
-    if state is not None:
-        rng.bit_generator.state = state
+    if state is None:
+        return
+    bits = rng.bit_generator
+    if isinstance(state, DeviceRngState):
+        # In place: the generator's kernels hold the buffer's pointer.
+        bits._state[...] = state.buffer
+    else:
+        bits.state = state
 
 
 def _finite(xp: Any, a: Any) -> bool:

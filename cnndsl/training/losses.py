@@ -123,6 +123,13 @@ class SparseCategoricalCrossentropy(Loss):
                 f" of shape {list(output)}), but the labels are {list(y.shape[1:])} per"
                 f" sample{hint}"
             )
+        classes = output[-1] if output else 1
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            bad = y.max() if y.max() >= classes else y.min()
+            raise LossError(
+                f"{self.name}: label {bad:g} is out of range for an output of {classes}"
+                f" classes (labels must be 0..{classes - 1})"
+            )
 
     def __call__(self, xp: Any, p: Array, y: Array) -> tuple[Array, Array]:
         flat, n = _rows(p)

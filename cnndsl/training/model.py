@@ -29,7 +29,7 @@ import numpy as np
 from cnndsl.formats import weights as weight_files
 from cnndsl.ir import Graph
 from cnndsl.runtime.backends import Backend
-from cnndsl.runtime.executor import Executor, ModelError, fans, initial_value
+from cnndsl.runtime.executor import Executor, ModelError, Observer, fans, initial_value
 from cnndsl.runtime.lower import output_activation, strip_output_activation
 from cnndsl.training import guards
 from cnndsl.training.fit import fit as fit_loop
@@ -61,12 +61,13 @@ class Model(Executor):
         self.max_memory: int | None = None
         # Names of the output classes, saved with the weights (None: unnamed).
         self.class_names: list[str] | None = None
-        self.loss: Loss = get_loss(self.settings.loss or self._default_loss())
+        self.output_names: list[str] = _output_names(
+            [self.plan.steps[o].path for o in self.plan.outputs]
+        )
+        self.losses: list[Loss] = self._per_output_losses(self.settings.loss)
+        self.loss_weights: list[float] = self._per_output_weights(self.settings.loss_weights)
         self.optimizer: Optimizer = self.settings.build_optimizer()
-        metrics = self.settings.metrics
-        if metrics is None:
-            metrics = ("accuracy",) if "crossentropy" in self.loss.name else ()
-        self.metric_names: list[str] = _known_metrics(metrics)
+        self.output_metrics: list[list[str]] = self._per_output_metrics(self.settings.metrics)
         # Training steps that moved each layer's moving statistics since they were
         # initialised (None: they came from a file); fit warns when too few for the momentum.
         with_statistics = {k.rsplit(":", 1)[0] for k, s in self.specs.items() if not s.trainable}
@@ -83,20 +84,136 @@ class Model(Executor):
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        """The shape of one sample's output (no batch axis)."""
+        """The shape of one sample's output (no batch axis); the first output's, if several."""
         return tuple(self.plan.steps[self.plan.outputs[0]].shape or ())
+
+    @property
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        """The shape of one sample of each output (no batch axis), in return order."""
+        return [tuple(self.plan.steps[o].shape or ()) for o in self.plan.outputs]
+
+    @property
+    def loss(self) -> Loss:
+        """The loss of the network's (first) output; `losses` holds one per output."""
+        return self.losses[0]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics reported, as History names them: 'accuracy', or with several
+        outputs '<output>_accuracy' for each output that has it."""
+        return [key for key, _, _ in self._metric_keys()]
+
+    def _metric_keys(self) -> list[tuple[str, int, str]]:
+        """(History key, output index, metric name) for every metric of every output."""
+        if len(self.output_names) == 1:
+            return [(name, 0, name) for name in self.output_metrics[0]]
+        return [
+            (f"{self.output_names[i]}_{name}", i, name)
+            for i, names in enumerate(self.output_metrics)
+            for name in names
+        ]
+
+    def _loss_keys(self) -> list[str]:
+        """History keys of each output's own loss: none for one output, else '<output>_loss'."""
+        return [f"{name}_loss" for name in self.output_names] if len(self.output_names) > 1 else []
 
     @property
     def epochs(self) -> int:
         """The epochs of fit when none are given: the spec's, else 1."""
         return self.settings.epochs
 
-    def _default_loss(self) -> str:
-        # The first loss (LOSSES' order) that absorbs the network's final
+    def _default_loss(self, output: int | None = None) -> str:
+        # The first loss (LOSSES' order) that absorbs the output's final
         # activation: softmax -> sparse categorical, sigmoid -> binary cross-entropy.
-        act = output_activation(self.plan)
+        act = output_activation(self.plan, output)
         fused = [name for name, loss in LOSSES.items() if act and loss.activation == act]
         return fused[0] if fused else "mean_squared_error"
+
+    # ---- one setting per output (Keras: one value for all, a list, or a dict by output name) ----
+    def _per_output(self, value: Any, what: str) -> list[Any]:
+        """`value` spread over the outputs: a list in return order, or a dict by output name."""
+        names = self.output_names
+        if isinstance(value, Mapping):
+            unknown = [k for k in value if k not in names]
+            if unknown:
+                raise ModelError(
+                    f"{what}: no output named {', '.join(map(repr, unknown))};"
+                    f" the outputs are {', '.join(names)}"
+                )
+            return [value.get(name) for name in names]
+        if len(value) != len(names):
+            raise ModelError(
+                f"{what}: {len(value)} given for {len(names)} outputs ({', '.join(names)});"
+                " give one per output, in return order, or a dict by output name"
+            )
+        return list(value)
+
+    def _per_output_losses(self, loss: Any) -> list[Loss]:
+        """One Loss per output from a name/Loss (every output), a list or a dict; None: defaults."""
+        if loss is None or isinstance(loss, (str, Loss)):
+            chosen: list[Any] = [loss] * len(self.output_names)
+        else:
+            chosen = self._per_output(loss, "loss")
+        return [
+            get_loss(name if name is not None else self._default_loss(o))
+            for name, o in zip(chosen, self.plan.outputs, strict=True)
+        ]
+
+    def _per_output_weights(self, weights: Any) -> list[float]:
+        """One loss weight per output from a list or a dict (missing: 1); None: all 1."""
+        if weights is None:
+            return [1.0] * len(self.output_names)
+        if isinstance(weights, (int, float)):
+            weights = [weights]
+        chosen = self._per_output(weights, "loss_weights")
+        out = [1.0 if w is None else float(w) for w in chosen]
+        if not all(np.isfinite(w) and w >= 0 for w in out):
+            raise ModelError(f"loss_weights must be finite numbers >= 0, not {out}")
+        return out
+
+    def _per_output_metrics(self, metrics: Any) -> list[list[str]]:
+        """Each output's metrics: a list applies to every output, a dict names them per
+        output; None: accuracy for each output trained with a cross-entropy loss."""
+        if metrics is None:
+            return [["accuracy"] if "crossentropy" in loss.name else [] for loss in self.losses]
+        if isinstance(metrics, Mapping):
+            chosen = self._per_output(metrics, "metrics")
+            return [_known_metrics(m) if m is not None else [] for m in chosen]
+        return [_known_metrics(metrics) for _ in self.output_names]
+
+    def _label_list(self, y: Any) -> list[np.ndarray]:
+        """Each output's labels as a host array: y itself for one output; for several, a
+        list or tuple in return order, or a dict by output name."""
+        names = self.output_names
+        if len(names) == 1:
+            if isinstance(y, Mapping):
+                return [np.asarray(self._per_output(y, "labels")[0])]
+            return [np.asarray(y)]
+        if isinstance(y, np.ndarray) or not isinstance(y, (Mapping, list, tuple)):
+            raise ModelError(
+                f"the network has {len(names)} outputs ({', '.join(names)}): give their"
+                " labels as a list or tuple in return order, or a dict by output name"
+            )
+        ys = self._per_output(y, "labels")
+        missing = [name for name, v in zip(names, ys, strict=True) if v is None]
+        if missing:
+            raise ModelError(f"labels: none given for output {', '.join(missing)}")
+        return [np.asarray(v) for v in ys]
+
+    def _checked_labels(
+        self, y: Any, n: int, losses: Sequence[Loss] | None = None
+    ) -> list[np.ndarray]:
+        """`_label_list`, each checked against its output and loss (default: the compiled)."""
+        ys = self._label_list(y)
+        losses = self.losses if losses is None else losses
+        for name, y_i, loss, shape in zip(
+            self.output_names, ys, losses, self.output_shapes, strict=True
+        ):
+            if len(y_i) != n:
+                label = "y" if len(ys) == 1 else f"the labels of output {name}"
+                raise ModelError(f"x has {n} samples but {label} has {len(y_i)}")
+            loss.check_labels(y_i, shape)
+        return ys
 
     # ---- weights ----
     def get_weights(self) -> list[np.ndarray]:
@@ -153,25 +270,28 @@ class Model(Executor):
 
     # ---- one batch ----
     def gradients(
-        self, x: Any, y: Any, loss: str | Loss | None = None, training: bool = True
+        self, x: Any, y: Any, loss: Any = None, training: bool = True
     ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, host gradients of every updatable weight) on one batch; no update.
 
-        Nothing changes: training=True (dropout on, batchnorm on the batch's
-        statistics) leaves batchnorm's moving statistics as they were; only the
-        device generator moves on (the dropout masks drawn).
+        With several outputs, y holds each output's labels (a list, or a dict by
+        output name), `loss` may give one per output, and the loss is the total
+        weighted by `loss_weights`. Nothing changes: training=True (dropout on,
+        batchnorm on the batch's statistics) leaves batchnorm's moving statistics
+        as they were; only the device generator moves on (the dropout masks drawn).
         """
-        lf = get_loss(loss) if loss is not None else self.loss
+        losses = self.losses if loss is None else self._per_output_losses(loss)
         xb = self._device_batch(x)
+        ys = [self._labels(y_i) for y_i in self._label_list(y)]
         # NOTE: a training forward moves the moving statistics; they are put back after.
         kept = {k: self.params[k].copy() for k, s in self.specs.items() if not s.trainable}
         try:
             with self.backend.compute_scope(3 * self.macs * len(xb)):
-                value, grad, _, plan, saved = self._loss_and_output(
-                    xb, self._labels(y), lf, training, keep=True
+                value, _, out_grads, _, plan, saved = self._losses_and_outputs(
+                    xb, ys, losses, self.loss_weights, training, keep=True
                 )
                 assert saved is not None
-                grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+                grads = self._backward(plan, saved, out_grads)
         finally:
             for key, value_before in kept.items():
                 self.params[key][...] = value_before
@@ -180,21 +300,45 @@ class Model(Executor):
     def train_step(self, x: Any, y: Any) -> tuple[float, Array]:
         """One optimizer step on a batch: (loss, network output); uses the compiled settings.
 
-        A NaN or infinite loss or gradient raises NonFiniteLoss and changes nothing.
+        With several outputs: y as `fit` takes it, the loss is the weighted total
+        and the output a list, one per output. A NaN or infinite loss or gradient
+        raises NonFiniteLoss and changes nothing.
         """
-        xb, yb = self._device_batch(x), self._labels(y)
+        value, _, ps = self._train_step(x, self._label_list(y))
+        return value, ps[0] if len(ps) == 1 else ps
+
+    def _train_step(self, x: Any, y: Sequence[Any]) -> tuple[float, list[float], list[Array]]:
+        """One optimizer step: (weighted total loss, each output's loss, each output)."""
+        xb, ys = self._device_batch(x), [self._labels(y_i) for y_i in y]
         before = guards.snapshot(self)  # generator state, moving statistics: to undo a NaN step
         with self.backend.compute_scope(3 * self.macs * len(xb)):
-            value, grad, p, plan, saved = self._loss_and_output(xb, yb, self.loss, True, keep=True)
+            value, values, out_grads, ps, plan, saved = self._losses_and_outputs(
+                xb, ys, self.losses, self.loss_weights, True, keep=True
+            )
             assert saved is not None
-            grads = self._backward(plan, saved, {plan.outputs[0]: grad})
+            grads = self._backward(plan, saved, out_grads)
         if not guards.all_finite(self.xp, value, grads):
-            raise guards.non_finite_step(self, xb, yb, float(value), before)
+            labels = ys[0] if len(ys) == 1 else ys
+            raise guards.non_finite_step(self, xb, labels, float(value), before)
         self.optimizer.step(self.xp, self.params, grads, self.backend.workers)
         for path, count in self.moving_updates.items():
             if count is not None and path not in self.frozen:  # frozen: inference mode
                 self.moving_updates[path] = count + 1
-        return float(value), p
+        return float(value), [float(v) for v in values], ps
+
+    def observe_gradients(
+        self,
+        x: Array,
+        y: Array | Sequence[Array],
+        loss: Loss | Sequence[Loss],
+        observer: Observer,
+        loss_weights: Sequence[float] | None = None,
+    ) -> None:
+        """The executor's observed training step; with several outputs and one loss given
+        (the non-finite guard's rerun), every output's loss, weighted, as training has it."""
+        if isinstance(loss, Loss) and len(self.losses) > 1:
+            loss, loss_weights = self.losses, self.loss_weights
+        super().observe_gradients(x, y, loss, observer, loss_weights)
 
     def _check_memory(self, batch: int, training: bool) -> None:
         """Refuse (OutOfMemoryPlan) a batch whose memory plan exceeds the memory available."""
@@ -203,25 +347,31 @@ class Model(Executor):
     # ---- Keras-style API ----
     def compile(
         self,
-        loss: str | Loss | None = None,
+        loss: str | Loss | Sequence[str | Loss] | Mapping[str, str | Loss] | None = None,
         optimizer: str | Mapping[str, Any] | Optimizer | None = None,
-        metrics: Sequence[str] | None = None,
+        metrics: Sequence[str] | Mapping[str, Sequence[str] | str] | None = None,
         lr: float | None = None,
+        loss_weights: Sequence[float] | Mapping[str, float] | None = None,
     ) -> Model:
         """Set the loss, optimizer, metrics and learning rate that fit/evaluate use.
 
         What is not given stays (at first: the spec's train section). An optimizer
         given by name takes `lr`, else the spec's `lr`, else its own default; `lr`
         alone changes the current optimizer's learning rate and keeps its state.
+        With several outputs, as Keras: `loss` is one for all, a list in return
+        order or a dict by output name; `loss_weights` a list or dict (the total
+        loss is their weighted sum); `metrics` a list for every output or a dict.
         """
         if loss is not None:
-            self.loss = get_loss(loss)
+            self.losses = self._per_output_losses(loss)
+        if loss_weights is not None:
+            self.loss_weights = self._per_output_weights(loss_weights)
         if optimizer is not None:
             self.optimizer = self.settings.build_optimizer(optimizer, lr)
         elif lr is not None:
             self.optimizer.lr = checked("lr", lr)
         if metrics is not None:
-            self.metric_names = _known_metrics(metrics)
+            self.output_metrics = self._per_output_metrics(metrics)
         return self
 
     # NOTE: one definition of fit's parameters and docs, there; bound here as a method.
@@ -232,68 +382,87 @@ class Model(Executor):
         x: Any,
         y: Any,
         batch_size: int | None = None,
-        loss: str | Loss | None = None,
-        metrics: Sequence[str] | None = None,
+        loss: Any = None,
+        metrics: Sequence[str] | Mapping[str, Sequence[str] | str] | None = None,
     ) -> dict[str, float]:
-        """Loss and metrics over (x, y) in inference mode: {'loss': ..., 'accuracy': ...}."""
-        lf = get_loss(loss) if loss is not None else self.loss
-        names = self.metric_names if metrics is None else list(metrics)
-        metric_fns = [(name, get_metric(name)) for name in names]
+        """Loss and metrics over (x, y) in inference mode: {'loss': ..., 'accuracy': ...}.
+
+        With several outputs, y as `fit` takes it; the result holds the weighted
+        total 'loss', each output's '<output>_loss' and '<output>_<metric>'.
+        """
+        losses = self.losses if loss is None else self._per_output_losses(loss)
+        keys = self._metric_keys()
+        if metrics is not None:
+            kept = self.output_metrics
+            self.output_metrics = self._per_output_metrics(metrics)
+            keys, self.output_metrics = self._metric_keys(), kept
+        metric_fns = [(key, i, get_metric(name)) for key, i, name in keys]
         batch_size = batch_size or self.batch_size
         n = len(x)
-        if len(y) != n:
-            raise ModelError(f"x has {n} samples but y has {len(y)}")
+        ys = self._checked_labels(y, n, losses)
         self._check_memory(min(batch_size, n), training=False)
-        y_all = np.asarray(y)
-        lf.check_labels(y_all, self.output_shape)
-        sums = {"loss": 0.0, **{name: 0.0 for name in names}}
+        sums = {"loss": 0.0, **dict.fromkeys(self._loss_keys(), 0.0)}
+        sums.update({key: 0.0 for key, _, _ in metric_fns})
         counts = dict.fromkeys(sums, 0)
         with self.backend.compute_scope(self.macs * batch_size):
-            self._evaluate(x, y_all, lf, metric_fns, batch_size, sums, counts)
+            self._evaluate(x, ys, losses, metric_fns, batch_size, sums, counts)
         return {k: sums[k] / max(counts[k], 1) for k in sums}
 
     def _evaluate(
         self,
         x: Any,
-        y_all: np.ndarray,
-        lf: Loss,
-        metric_fns: list[tuple[str, Metric]],
+        ys: list[np.ndarray],
+        losses: list[Loss],
+        metric_fns: list[tuple[str, int, Metric]],
         batch_size: int,
         sums: dict[str, float],
         counts: dict[str, int],
     ) -> None:
+        loss_keys = self._loss_keys()
         for lo in range(0, len(x), batch_size):
             xb = self._device_batch(x[lo : lo + batch_size])
-            yb = self._labels(y_all[lo : lo + batch_size])
-            value, _, p, _, _ = self._loss_and_output(xb, yb, lf, training=False, keep=False)
-            sums["loss"] += float(value) * xb.shape[0]
-            counts["loss"] += xb.shape[0]
-            for name, fn in metric_fns:
-                s, c = fn(self.xp, p, yb)
-                sums[name] += float(s)
-                counts[name] += c
+            yb = [self._labels(y_i[lo : lo + batch_size]) for y_i in ys]
+            value, values, _, ps, _, _ = self._losses_and_outputs(
+                xb, yb, losses, self.loss_weights, training=False, keep=False
+            )
+            n = xb.shape[0]
+            for key, v in [("loss", value), *zip(loss_keys, values, strict=False)]:
+                sums[key] += float(v) * n
+                counts[key] += n
+            for key, i, fn in metric_fns:
+                s, c = fn(self.xp, ps[i], yb[i])
+                sums[key] += float(s)
+                counts[key] += c
 
-    def predict(self, x: Any, batch_size: int | None = None, logits: bool = False) -> np.ndarray:
+    def predict(
+        self, x: Any, batch_size: int | None = None, logits: bool = False
+    ) -> np.ndarray | list[np.ndarray]:
         """Network outputs for every sample, in inference mode, as a host array.
 
-        logits=True: the output before the network's final activation (softmax,
-        sigmoid...), the last layer's pre-activation values; the same as the
-        outputs for a network that ends without one.
+        A network with several outputs gives a list, one array per output, as
+        Keras. logits=True: the output before the network's final activation
+        (softmax, sigmoid...), the last layer's pre-activation values; the same
+        as the outputs for a network that ends without one.
         """
         batch_size = batch_size or self.batch_size
         self._check_memory(min(batch_size, len(x)), training=False)
-        plan = strip_output_activation(self.plan) if logits else self.plan
+        plan = self.plan
+        if logits:
+            for o in self.plan.outputs:
+                if not self.plan.consumers[o]:  # NOTE: an output another step reads keeps it
+                    plan = strip_output_activation(plan, o)
         with self.backend.compute_scope(self.macs * batch_size):
             outs = [self._run(plan, x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)]
         if not outs:
-            step = self.plan.steps[self.plan.outputs[0]]
-            return np.zeros((0, *(step.shape or ())), self.dtype)
-        return np.concatenate(outs)
+            empty = [np.zeros((0, *shape), self.dtype) for shape in self.output_shapes]
+        else:
+            empty = [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+        return empty[0] if len(empty) == 1 else empty
 
-    def _run(self, plan: Any, x: Any) -> np.ndarray:
-        """`plan`'s output for one batch in inference mode, as a host array."""
-        (out,), _ = self._forward(plan, [self._device_batch(x)], False, keep=False)
-        return self.backend.to_host(out)
+    def _run(self, plan: Any, x: Any) -> list[np.ndarray]:
+        """`plan`'s outputs for one batch in inference mode, as host arrays."""
+        outs, _ = self._forward(plan, [self._device_batch(x)], False, keep=False)
+        return [self.backend.to_host(out) for out in outs]
 
     def summary(self) -> str:
         """A Keras-like table: layer path, op, output shape, parameters; and the totals."""
@@ -320,6 +489,12 @@ class Model(Executor):
             f"Trainable params: {counts['trainable']:,}",
             f"Non-trainable params: {counts['non_trainable']:,}",
         ]
+        if len(self.output_names) > 1:  # which loss, at which weight, trains each output
+            lines += ["", "Outputs (loss × weight):"]
+            for name, lf, weight in zip(
+                self.output_names, self.losses, self.loss_weights, strict=True
+            ):
+                lines.append(f"  {name}: {lf.name}" + (f" × {weight:g}" if weight != 1 else ""))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -328,6 +503,17 @@ class Model(Executor):
             f"<Model {name}: {len(self.plan)} steps, {self.count_params()['total']:,}"
             f" params, backend {self.backend.name}>"
         )
+
+
+def _output_names(paths: list[str]) -> list[str]:
+    """One name per output, as History's keys and dict labels name them.
+
+    The block call or layer that holds each output (`aux1` for `aux1/linear`)
+    where those are all different, as Keras names outputs by their layer; else
+    the layer paths.
+    """
+    tops = [path.split("/", 1)[0] for path in paths]
+    return tops if len(set(tops)) == len(tops) else list(paths)
 
 
 def _known_metrics(names: Sequence[str]) -> list[str]:

@@ -14,6 +14,8 @@ argument (`Model.fit`, `Model.compile`, `Model(seed=)`, a `cnndsl run` flag)
 Where each setting takes effect:
   loss, optimizer, lr, metrics    the Model (Model.compile/fit arguments; --loss, --optimizer,
                                   --lr, --metrics)
+  loss_weights                    the Model, with several outputs (`loss = [a, b]` gives
+                                  one loss per output in return order; Model.compile)
   batch, epochs, validation_split Model.fit (batch_size=, epochs=, validation_split=; flags)
   seed                            Model(seed=) and Network.build(seed=); --seed
   data                            `cnndsl run` only, as the default of --data (fit takes arrays)
@@ -48,7 +50,9 @@ def _default_optimizer() -> Mapping[str, Any]:
 class TrainSettings:
     """Every `train {}` setting, typed, with the value it has when the spec omits it."""
 
-    loss: str | None = None  # None: chosen from the output activation (Model._default_loss)
+    # None: chosen from each output's activation (Model._default_loss); a tuple: one per output.
+    loss: str | tuple[str, ...] | None = None
+    loss_weights: tuple[float, ...] | None = None  # None: 1 for every output
     optimizer: Mapping[str, Any] = field(default_factory=_default_optimizer)
     lr: float | None = None  # None: the optimizer's own (its lr= or its default)
     metrics: tuple[str, ...] | None = None  # None: accuracy with a cross-entropy loss
@@ -66,8 +70,11 @@ class TrainSettings:
         values = dict(section)
         if "optimizer" in values:  # NOTE: read-only, so a frozen settings object stays unchanged
             values["optimizer"] = MappingProxyType(dict(values["optimizer"]))
-        if "metrics" in values:
-            values["metrics"] = tuple(values["metrics"])
+        for name in ("metrics", "loss_weights"):
+            if name in values:
+                values[name] = tuple(values[name])
+        if isinstance(values.get("loss"), list):
+            values["loss"] = tuple(values["loss"])
         return cls(**values)
 
     def overridden(self, **explicit: Any) -> TrainSettings:

@@ -177,6 +177,30 @@ CASES: dict[str, list[Case]] = {
         _c("upsample", (3, 2, 2), (3, 1), interpolation="bilinear", note="bilinear-3x1"),
         _c("upsample", (1, 2, 1), 4, interpolation="bilinear", note="bilinear-4-one-row"),
     ],
+    "conv_transpose": [
+        _c("conv_transpose", (3, 3, 2), 3, 3, note="valid"),
+        _c("conv_transpose", (3, 4, 2), 2, 3, 2, activation="relu", note="valid-s2"),
+        _c("conv_transpose", (3, 3, 3), 2, 3, 2, padding="same", note="same-s2"),
+        _c("conv_transpose", (2, 3, 2), 3, 4, 2, padding="same", bias=False, note="same-k4"),
+        _c(
+            "conv_transpose",
+            (3, 2, 2),
+            2,
+            (3, 2),
+            (2, 3),
+            padding="same",
+            output_padding=(1, 2),
+            activation="tanh",
+            note="same-outpad",
+        ),  # fmt: skip
+        _c("conv_transpose", (2, 2, 2), 2, 2, 3, note="valid-k-below-s"),
+        _c("conv_transpose", (3, 3, 2), 2, 3, 2, output_padding=1, note="valid-outpad"),
+    ],
+    "crop": [
+        _c("crop", (5, 6, 2), 1, note="1"),
+        _c("crop", (5, 5, 2), ((0, 2), (1, 3)), note="sides"),
+        _c("crop", (4, 5, 3), (1, 2), note="pair"),
+    ],
     "preprocess": [
         _c("preprocess", (4, 3, 3), "caffe", note="caffe"),
         _c("preprocess", (3, 4, 3), "torch", fit="stretch", note="torch"),
@@ -243,9 +267,18 @@ def trainable(case: Case) -> list[str]:
     return [name for name, spec in specs.items() if spec.trainable]
 
 
-def make_ctx(case: Case, **kw: Any) -> Context:
-    """A fresh context: the case's training flag and an rng seeded with SEED."""
-    return Context(training=case.training, rng=np.random.default_rng(SEED), **kw)
+def make_ctx(case: Case, xp: Any = np, **kw: Any) -> Context:
+    """A fresh context: the case's training flag and xp's own generator seeded with SEED.
+
+    The generator comes from the array module under test, as a backend's does:
+    on CuPy, dropout's mask must be a CuPy array.
+    """
+    return Context(training=case.training, rng=xp.random.default_rng(SEED), **kw)
+
+
+def draws_randoms(case: Case) -> bool:
+    """Whether the op draws from ctx.rng in this case (its result depends on the generator)."""
+    return case.op == "dropout" and case.training and case.attrs.rate > 0
 
 
 def tf_same(n: int, f: int, s: int) -> tuple[int, int]:

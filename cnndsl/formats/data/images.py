@@ -25,8 +25,8 @@ from cnndsl.formats.data.dataset import (
 )
 from cnndsl.formats.files import NotRegularFile, open_regular
 from cnndsl.formats.npz import NpzProblem, read_npy_file
+from cnndsl.ops.preprocess import CROP, FITS
 
-FITS = ("stretch", "crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -100,7 +100,7 @@ def read_image(
         with open_regular(path) as file, Image.open(file) as opened:
             img = _eight_bit(opened, path)
             img = img.convert("L" if channels == 1 else "RGB")
-            if fit == "crop":  # NOTE: cut first, so no pixel outside the box leaks in
+            if fit == CROP:  # NOTE: cut first, so no pixel outside the box leaks in
                 img = img.crop(centre_crop(img.size, (width, height)))
             img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)

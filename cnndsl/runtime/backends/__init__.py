@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from cnndsl.runtime.backends.base import Backend, BackendError
+from cnndsl.runtime.backends.base import Backend, BackendError, Capabilities
 
 
 def available() -> list[str]:
@@ -36,4 +36,4 @@ def get_backend(name: str | Backend = "numpy", seed: int = 0, **options: Any) ->
     return module.create(seed=seed, **options)
 
 
-__all__ = ["Backend", "BackendError", "available", "get_backend"]
+__all__ = ["Backend", "BackendError", "Capabilities", "available", "get_backend"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,30 @@ class BackendError(Exception):
     """A backend that cannot be used here (unknown name, CuPy or GPU missing)."""
 
 
+# Every conv algorithm the kernels have (cnndsl/ops/conv_kernels.py): "gemm" (1×1),
+# "im2col", "winograd" (F(4×4, 3×3)), and the input gradient's "full" and "col2im".
+ALL_CONV_ALGORITHMS = frozenset({"gemm", "im2col", "winograd", "full", "col2im"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What lowering and the memory plan need to know of a backend.
+
+    conv_algorithms: the conv kernels lowering may choose (`Conv.plan`); one
+    missing is replaced by the next best one the backend has.
+    chunking: "cache" cuts kernels into cache-sized chunks of samples (the CPU:
+    many chunks, spread over lanes, Winograd in chunks of ~128 tiles);
+    "whole" runs the whole batch as one chunk up to `Workers.chunk_bytes`
+    (a GPU: few large launches).
+    scratch_bytes: the largest scratch buffer a lane keeps per kernel buffer
+    (None: the memory plan's measured CPU figure, `cnndsl.passes.memory.SCRATCH`).
+    """
+
+    conv_algorithms: frozenset[str] = ALL_CONV_ALGORITHMS
+    chunking: str = "cache"
+    scratch_bytes: int | None = None
+
+
 class Backend:
     """Base class: subclasses set `name` and pass their array module as `xp`."""
 
@@ -29,6 +54,7 @@ class Backend:
 
     def __init__(self, xp: Any, seed: int = 0) -> None:
         self.xp = xp
+        self.capabilities = Capabilities()
         self.overrides: Mapping[str, Callable[..., Any]] = {}
         self.workers: Workers = Workers()
         self.seed(seed)

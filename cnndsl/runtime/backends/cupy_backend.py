@@ -5,7 +5,9 @@ backend runs runs here too (the kernels are written against `xp`); this
 backend adds:
 
 - workers that run each kernel's chunks one after another, in chunks of up to
-  GPU_CHUNK_BYTES (the GPU is parallel already; few large launches);
+  `scratch_bytes` (the GPU is parallel already; few large launches), and
+  capabilities that keep lowering to one whole-batch GEMM per conv (no
+  Winograd unless asked for) and tell the memory plan that scratch;
 - fused elementwise kernels for batchnorm + activation (`CupyKernels`,
   cupy.ElementwiseKernel), passed to the ops as `ctx.overrides`.
 
@@ -24,14 +26,28 @@ from typing import Any
 import numpy as np
 
 from cnndsl.ops import norm
-from cnndsl.runtime.backends.base import Backend, BackendError
+from cnndsl.runtime.backends.base import (
+    ALL_CONV_ALGORITHMS,
+    Backend,
+    BackendError,
+    Capabilities,
+)
 from cnndsl.runtime.workers import Workers
 
-GPU_CHUNK_BYTES = 1 << 29  # 512 MiB of im2col columns per launch at most
+GPU_CHUNK_BYTES = 1 << 29  # 512 MiB of im2col columns per launch at most (the default cap)
 
 # Activation applied to z, and its derivative's mask from the output y, in CUDA C.
-ACTIVATION = {"none": "z", "relu": "max(z, (T)0)", "relu6": "min(max(z, (T)0), (T)6)"}
+# NOTE: CUDA's max/min on floats are fmax/fmin, which return the other operand
+# for a NaN; NumPy's maximum/minimum keep the NaN, and the layer-by-layer NaN
+# search relies on that. So a NaN z passes through explicitly (z != z).
+ACTIVATION = {
+    "none": "z",
+    "relu": "(z > (T)0 || z != z) ? z : (T)0",
+    "relu6": "(z != z) ? z : ((z > (T)6) ? (T)6 : ((z > (T)0) ? z : (T)0))",
+}
 MASK = {"none": "true", "relu": "y > (T)0", "relu6": "y > (T)0 && y < (T)6"}
+# Where the mask is off NumPy computes dy·0 (NaN for a NaN or infinite dy), not 0.
+MASKED = "({mask}) ? dy : dy * (T)0"
 
 
 def kernel_sources() -> dict[str, tuple[str, str, str]]:
@@ -48,12 +64,12 @@ def kernel_sources() -> dict[str, tuple[str, str, str]]:
         src[f"bn_dz_{act}"] = (
             f"T dy, {y_in}T x, T mean, T inv",
             "T dz, T p",
-            f"dz = ({MASK[act]}) ? dy : (T)0; p = dz * ((x - mean) * inv);",
+            f"dz = {MASKED.format(mask=MASK[act])}; p = dz * ((x - mean) * inv);",
         )
         src[f"bn_dx_{act}"] = (
             f"T dy, {y_in}T x, T g, T coef, T c",
             "T dx",
-            f"T dz = ({MASK[act]}) ? dy : (T)0; dx = g * dz + coef * x + c;",
+            f"T dz = {MASKED.format(mask=MASK[act])}; dx = g * dz + coef * x + c;",
         )
     return src
 
@@ -101,8 +117,8 @@ class CupyKernels:
         ys = (s.y,) if act != "none" else ()
         dz, p = self._kernel(f"bn_dz_{act}")(dy, *ys, s.x, s.mean, s.inv)
         c = dy.shape[-1]
-        sdz = workers.colsum(xp, dz.reshape(-1, c)).astype(xp.float64)
-        sdzx = workers.colsum(xp, p.reshape(-1, c)).astype(xp.float64)
+        sdz = xp.sum(dz.reshape(-1, c), axis=0, dtype=xp.float64)
+        sdzx = xp.sum(p.reshape(-1, c), axis=0, dtype=xp.float64)
         return sdz, sdzx
 
     def batchnorm_dx(
@@ -126,23 +142,82 @@ class CupyKernels:
         )
 
 
+class GpuWorkers(Workers):
+    """Serial chunks, as few as `chunk_bytes` allows: whole batches where they fit."""
+
+    chunking = "whole"
+
+    def __init__(self, chunk_bytes: int = GPU_CHUNK_BYTES) -> None:
+        super().__init__(chunk_bytes=chunk_bytes, min_chunks=1)
+
+    def colsum(self, xp: Any, a: Any, out: Any = None) -> Any:
+        """Column sums accumulated in float64, in a's dtype (or out's).
+
+        NOTE: a whole batch is one chunk here, so batchnorm's sums run over
+        N·H·W rows at once (100,000 for ResNet at 224², batch 8); summed in
+        float32 (the base class's ones-vector GEMM) they lost up to 3e-3 of
+        ResNet-18's gradients against float64, where the CPU's chunks, summed
+        in float64, keep 2e-5.
+        """
+        total = xp.sum(a, axis=0, dtype=xp.float64)
+        if out is None:
+            return total.astype(a.dtype)
+        out[...] = total
+        return out
+
+
 class CupyBackend(Backend):
-    """Device arrays on the current CUDA device."""
+    """Device arrays on the current CUDA device.
+
+    scratch_bytes: the cap on each scratch buffer a kernel keeps (im2col
+    columns, Winograd tiles): chunks are cut to fit it, and the memory plan
+    counts it (`Capabilities.scratch_bytes`). winograd: let lowering choose
+    Winograd where the CPU measurements would (off by default: on a GPU one
+    whole-batch im2col GEMM per conv is the safe choice until Winograd is
+    measured faster there). chunking: "whole" (the default on a GPU) or
+    "cache"; with NumPy standing in the default is "cache", the NumPy
+    backend's chunking, so that the two agree bit for bit in the tests.
+    cudnn: run convolutions through cuDNN (nvidia-cudnn-frontend; None: where it
+    imports, on a GPU; True without it is an error); tf32: let cuDNN use TF32.
+    """
 
     name = "cupy"
 
-    def __init__(self, seed: int = 0, xp: Any = None, device: int | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        xp: Any = None,
+        device: int | None = None,
+        scratch_bytes: int = GPU_CHUNK_BYTES,
+        winograd: bool = False,
+        chunking: str | None = None,
+        cudnn: bool | None = None,
+        tf32: bool = False,
+    ) -> None:
         if xp is None:
             xp = _import_cupy()
             if device is not None:
                 xp.cuda.Device(device).use()
         super().__init__(xp, seed)
+        if scratch_bytes < 1:
+            raise BackendError(f"scratch_bytes must be positive, got {scratch_bytes}")
         self.kernels = CupyKernels(xp)
         self.overrides = self.kernels.overrides()
-        if self.kernels.real:
-            self.workers = Workers(chunk_bytes=GPU_CHUNK_BYTES, min_chunks=1)
-        # NOTE: NumPy standing in keeps the NumPy backend's chunking, so the two
-        # backends agree bit for bit in the tests.
+        chunking = chunking or ("whole" if self.kernels.real else "cache")
+        if chunking not in ("whole", "cache"):
+            raise BackendError(f"chunking must be 'whole' or 'cache', got '{chunking}'")
+        if chunking == "whole":
+            self.workers = GpuWorkers(scratch_bytes)
+        algorithms = ALL_CONV_ALGORITHMS if winograd else ALL_CONV_ALGORITHMS - {"winograd"}
+        self.cudnn = _cudnn_convolutions(xp, self.kernels.real, cudnn, tf32)
+        if self.cudnn is not None:
+            self.overrides = {**self.overrides, **self.cudnn.overrides()}
+            algorithms = algorithms | {"cudnn"}
+        self.capabilities = Capabilities(
+            conv_algorithms=algorithms,
+            chunking=chunking,
+            scratch_bytes=scratch_bytes if chunking == "whole" else None,
+        )
 
     def to_host(self, a: Any) -> np.ndarray:
         asnumpy = getattr(self.xp, "asnumpy", None)
@@ -154,12 +229,28 @@ class CupyBackend(Backend):
             cuda.get_current_stream().synchronize()
 
 
+def _cudnn_convolutions(xp: Any, gpu: bool, wanted: bool | None, tf32: bool) -> Any:
+    """A CudnnConvolutions where cuDNN is wanted and usable, else None (the cuBLAS path)."""
+    if wanted is False or (wanted is None and not gpu):
+        return None
+    from cnndsl.runtime.backends import cudnn
+
+    if not cudnn.available():
+        if wanted:
+            raise BackendError(f"cudnn=True, but {cudnn.unavailable_reason()}")
+        return None
+    if not gpu:
+        raise BackendError("cudnn=True needs CuPy on a GPU, not an array module standing in")
+    return cudnn.CudnnConvolutions(xp, tf32=tf32)
+
+
 def _import_cupy() -> Any:
     try:
         import cupy
     except ImportError as e:
         raise BackendError(
-            "the cupy backend needs CuPy: pip install 'cnndsl[gpu]' (cupy-cuda12x)"
+            "the cupy backend needs CuPy: pip install 'cnndsl[gpu]' for CUDA 12, or"
+            " 'cnndsl[gpu-cuda13]' for CUDA 13 (nvidia-smi shows the driver's CUDA version)"
         ) from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -171,5 +262,6 @@ def _import_cupy() -> Any:
 
 
 def create(seed: int = 0, **options: Any) -> CupyBackend:
-    """Entry point used by `get_backend("cupy")`; options: xp, device."""
+    """Entry point used by `get_backend("cupy")`; options: xp, device, scratch_bytes,
+    winograd, chunking, cudnn, tf32 (see CupyBackend)."""
     return CupyBackend(seed=seed, **options)
