@@ -25,23 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from typing import Any
 
 import numpy as np
 
-from cnndsl.cli import ranges
+from cnndsl.cli import outputs, predict, ranges
 from cnndsl.cli.common import add_spec_arguments, load_network
 from cnndsl.cli.weights_cmd import DownloadBar
-from cnndsl.formats import imagenet
-from cnndsl.formats.data import DataError, Dataset, check, class_names, load_data, load_images
+from cnndsl.formats.data import DataError, Dataset, check, class_names, load_data
 from cnndsl.formats.data.arrays import load_output_arrays
 from cnndsl.formats.data.named import NAMED
-from cnndsl.formats.files import UnwritableOutput, check_output_path, write_atomic
-from cnndsl.ops import OPS
 from cnndsl.runtime.backends import BackendError
 from cnndsl.training.checkpoint import (
     CheckpointWarning,
@@ -266,7 +261,7 @@ def _show_warning(default: Any) -> Any:
 
 
 def _run(args: argparse.Namespace, net: Any) -> int:
-    _check_outputs(args)  # before any work: a run is not thrown away for a bad output path
+    outputs.check_outputs(args)  # before any work: a run is not thrown away for a bad output path
     if args.checkpoint:  # a folder that cannot take checkpoints is refused before any work
         check_checkpoint_folder(args.checkpoint)
     model = net.build(backend=args.backend, seed=args.seed)
@@ -287,10 +282,10 @@ def _run(args: argparse.Namespace, net: Any) -> int:
         batch=args.batch_size,
         validation_split=args.validation_split,
     )
-    classes = _classes(net)
+    classes = predict.classes_of(net)
 
     if args.predict and args.load and args.epochs is None:
-        return _predict(args, model, net, classes, class_names(settings.data))
+        return predict.predict(args, model, net, classes, class_names(settings.data))
 
     if len(model.output_names) > 1:
         data: Any = _output_arrays(args, net, model, settings.data)
@@ -345,15 +340,15 @@ def _run(args: argparse.Namespace, net: Any) -> int:
     print("test " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
     # NOTE: the weights first: they are the run's work; a history can be made again.
     if args.save:
-        _save_weights(model, args.save, args.checkpoint)
+        outputs.save_weights(model, args.save, args.checkpoint)
         print(f"saved weights to {args.save}", file=sys.stderr)
     if args.history:
         payload = {**history.to_json(), "test": result, "spec": net.name, "data": data.name}
         if second is not None:
             payload["then"] = {**second.to_json(), "unfreeze": args.then_unfreeze}
-        _write_text(args.history, json.dumps(payload, indent=2) + "\n")
+        outputs.write_text(args.history, json.dumps(payload, indent=2) + "\n")
     if args.predict:
-        return _predict(args, model, net, classes, data.class_names)
+        return predict.predict(args, model, net, classes, data.class_names)
     return 0
 
 
@@ -366,7 +361,7 @@ def _one_output_data(args: argparse.Namespace, net: Any, classes: int | None, so
             net.input_shape,
             classes,
             test_split=args.test_split,
-            fit=image_fit(net),
+            fit=predict.image_fit(net),
             size_params=size_params(net),
             progress=bar.update,
             notify=bar.notice,
@@ -450,15 +445,6 @@ def _second_stage(
     )
 
 
-def image_fit(net: Any) -> str:
-    """How images are fitted to the input: as the network's `preprocess` says, else stretch."""
-    for layer in net.layers:
-        fit = OPS[layer.op].input_preparation(layer.attrs).get("image_fit")
-        if fit is not None:
-            return fit
-    return "stretch"
-
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -475,96 +461,6 @@ def size_params(net: Any) -> list[str]:
         for name, value in net.params.items()
         if isinstance(value, int) and not isinstance(value, bool) and value in spatial
     ]
-
-
-def output_names(model: Any, classes: int | None, names: list[str] | None) -> list[str] | None:
-    """Names of the output classes: the weights', else the data's, else ImageNet's for 1,000.
-
-    Names count only when there is one per class (digits' ten do not name a
-    flowers model), as Keras' decode_predictions takes any 1,000 outputs as ImageNet's.
-    """
-    for candidate in (model.class_names, names):
-        if candidate and len(candidate) == classes:
-            return list(candidate)
-    return imagenet.class_names() if classes == imagenet.CLASSES else None
-
-
-def _classes(net: Any) -> int | None:
-    """Number of classes the network predicts (2 for a single sigmoid unit)."""
-    shape = net.output_shape
-    if len(shape) != 1:
-        return None
-    return 2 if shape[0] == 1 else shape[0]
-
-
-def _predict(
-    args: argparse.Namespace,
-    model: Any,
-    net: Any,
-    classes: int | None,
-    names: list[str] | None,
-) -> int:
-    names = output_names(model, classes, names)
-    x = load_images(args.predict, net.input_shape, fit=image_fit(net))
-    outputs = model.predict(x)
-    # NOTE: several outputs: the first ranks classes; the others are shown as values.
-    probs, others = (outputs[0], outputs[1:]) if isinstance(outputs, list) else (outputs, [])
-    k = max(1, args.top_k)
-    for n, (path, p) in enumerate(zip(args.predict, probs, strict=True)):
-        rest = "".join(
-            f"; {name} {np.array2string(o[n].reshape(-1), precision=3)}"
-            for name, o in zip(model.output_names[1:], others, strict=True)
-        )
-        p = p.reshape(-1)
-        if p.shape[0] == 1:  # one sigmoid unit: P(class 1)
-            p = np.array([1 - p[0], p[0]])
-        top = p.argsort()[::-1][:k]
-        shown = ", ".join(
-            f"{names[i] if names and i < len(names) else i} ({p[i]:.3f})" for i in top
-        )
-        print(f"{path}: {shown}{rest}")
-    return 0
-
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse --save and --history paths that could not be written, before any work."""
-    for option, path in (("--save", args.save), ("--history", args.history)):
-        if path:
-            try:
-                check_output_path(path)
-            except UnwritableOutput as e:
-                raise ModelError(f"{option} {e}") from None
-
-
-def _save_weights(model: Any, path: str, checkpoint: str | None) -> None:
-    """Save the trained weights; if that fails, keep them elsewhere and say where."""
-    try:
-        model.save(path)
-        return
-    except OSError as e:
-        reason = e.strerror or str(e)
-    # NOTE: the work must not be lost to a full disk or a folder removed meanwhile.
-    for folder in (checkpoint, tempfile.gettempdir()):
-        if not folder or not os.path.isdir(folder):
-            continue
-        try:
-            fd, kept = tempfile.mkstemp(dir=folder, prefix="cnndsl-unsaved-", suffix=".npz")
-            os.close(fd)
-            model.save(kept)
-        except OSError:
-            continue
-        raise ModelError(
-            f"{path}: cannot write the weights ({reason}); they were kept in {kept}:"
-            " move them where they belong"
-        )
-    raise ModelError(f"{path}: cannot write the weights ({reason}), nor keep them elsewhere")
-
-
-def _write_text(path: str, text: str) -> None:
-    try:
-        write_atomic(path, text)  # a full disk leaves the old file, not an empty one
-    except OSError as e:
-        raise ModelError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 __all__ = ["EpochLines", "ProgressBar", "add_arguments", "run", "size_params"]
