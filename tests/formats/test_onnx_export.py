@@ -99,7 +99,9 @@ def test_onnx_runtime_matches_predict(spec: str, params: dict[str, int]) -> None
 OPS_SPEC = """
 network every_op(classes=4) {
     input image: [13, 11, 3]
-    x = image -> preprocess(mode=caffe) -> zeropad(((1, 0), (2, 1)))
+    x = image -> random_flip -> random_rotation(0.1) -> random_zoom(0.1)
+        -> random_translation(0.1, 0.2) -> random_contrast(0.3) -> rescale(0.5, 0.25)
+        -> preprocess(mode=caffe) -> zeropad(((1, 0), (2, 1)))
         -> conv(6, 3, stride=2, padding=same, activation=relu6)
         -> depthwise_conv(3, depth_multiplier=2, padding=same, activation=leaky_relu)
         -> separable_conv(8, (3, 1), padding=same, activation=elu)
@@ -111,8 +113,10 @@ network every_op(classes=4) {
     d = x -> upsample(2, interpolation=bilinear) -> maxpool(4, padding=1) -> tanh -> relu
     e = x -> conv_transpose(4, 3, stride=2, padding=same, output_padding=1) -> crop(1)
         -> conv_transpose(8, 2, stride=3, activation=relu) -> maxpool(9)
-    m = concat(a, b, c, d, e) -> sigmoid
-    s = m -> global_avgpool -> dense(40, activation=sigmoid)
+    r = x -> resize(9, 8, interpolation=nearest) -> center_crop(6, 6) -> random_crop(5, 4)
+        -> center_crop(6, 5) -> resize(4, 4, crop_to_aspect_ratio=true)
+    m = concat(a, b, c, d, e, r) -> sigmoid
+    s = m -> global_avgpool -> dense(48, activation=sigmoid)
     y = m * s
     z = add(y, m, m) -> global_maxpool
     w = y -> flatten -> dropout(0.5) -> dense(16) -> batchnorm -> identity

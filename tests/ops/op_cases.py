@@ -207,7 +207,103 @@ CASES: dict[str, list[Case]] = {
         _c("preprocess", (3, 3, 2), "tf", note="tf-2-channels"),
         _c("preprocess", (5,), "tf", note="tf-vector"),
     ],
+    "rescale": [
+        _c("rescale", (4, 4, 3), 0.5, -1, note="scale-offset"),
+        _c("rescale", (5,), 2.0, note="vector"),
+    ],
+    "resize": [
+        _c("resize", (3, 4, 2), 5, 6, note="bilinear-up"),
+        _c("resize", (6, 5, 2), 3, 2, note="bilinear-down"),
+        _c("resize", (4, 5, 2), 6, 3, interpolation="nearest", note="nearest"),
+        _c("resize", (6, 4, 2), 3, 3, crop_to_aspect_ratio=True, note="crop-aspect"),
+    ],
+    "center_crop": [
+        _c("center_crop", (5, 6, 2), 3, 4, note="odd"),
+        _c("center_crop", (4, 4, 2), 2, 3, note="even"),
+        _c("center_crop", (3, 4, 2), 5, 4, note="smaller-resizes"),
+    ],
+    "random_flip": [
+        _c("random_flip", (4, 5, 2), "horizontal", training=True, batch=4, note="horizontal"),
+        _c("random_flip", (4, 5, 2), training=True, batch=5, note="both"),
+        _c("random_flip", (3, 4, 2), "vertical", training=True, batch=4, note="vertical"),
+        _c("random_flip", (3, 4, 2), note="infer"),
+    ],
+    "random_crop": [
+        _c("random_crop", (5, 6, 2), 3, 4, training=True, batch=3, note="train"),
+        _c("random_crop", (4, 4, 2), 4, 2, training=True, batch=3, note="train-full-height"),
+        _c("random_crop", (5, 6, 2), 3, 4, note="infer-resizes"),
+    ],
+    "random_rotation": [
+        _c("random_rotation", (5, 4, 2), 0.2, training=True, note="reflect"),
+        _c(
+            "random_rotation",
+            (4, 4, 2),
+            (0.1, 0.3),
+            fill_mode="constant",
+            fill_value=0.5,
+            training=True,
+            note="constant",
+        ),  # fmt: skip
+        _c(
+            "random_rotation",
+            (4, 5, 1),
+            0.25,
+            fill_mode="nearest",
+            interpolation="nearest",
+            training=True,
+            note="nearest",
+        ),  # fmt: skip
+        _c("random_rotation", (4, 4, 2), 0.2, note="infer"),
+    ],
+    "random_zoom": [
+        _c("random_zoom", (5, 5, 2), 0.3, training=True, note="reflect"),
+        _c(
+            "random_zoom",
+            (4, 6, 2),
+            (-0.4, 0.2),
+            (0.1, 0.6),
+            fill_mode="wrap",
+            training=True,
+            note="wrap-both-factors",
+        ),  # fmt: skip
+        _c("random_zoom", (4, 4, 2), 0.3, note="infer"),
+    ],
+    "random_translation": [
+        _c("random_translation", (5, 5, 2), 0.2, 0.3, training=True, note="reflect"),
+        _c(
+            "random_translation",
+            (4, 5, 2),
+            (-0.5, 0.5),
+            0.4,
+            fill_mode="constant",
+            training=True,
+            note="constant",
+        ),  # fmt: skip
+        _c("random_translation", (4, 4, 2), 0.2, 0.2, note="infer"),
+    ],
+    "random_contrast": [
+        _c("random_contrast", (4, 4, 3), 0.5, training=True, scale=0.3, note="clipped"),
+        _c(
+            "random_contrast",
+            (3, 4, 2),
+            (0.2, 0.8),
+            value_range=(-9, 9),
+            training=True,
+            note="unclipped",
+        ),  # fmt: skip
+        _c("random_contrast", (3, 3, 2), 0.5, note="infer"),
+    ],
 }
+
+# The augmentation layers: random in training, drawing from ctx.rng (cnndsl/ops/augmentation.py).
+RANDOM_OPS = (
+    "random_flip",
+    "random_crop",
+    "random_rotation",
+    "random_zoom",
+    "random_translation",
+    "random_contrast",
+)
 
 ALL_CASES = [case for op in sorted(CASES) for case in CASES[op]]
 
@@ -278,7 +374,23 @@ def make_ctx(case: Case, xp: Any = np, **kw: Any) -> Context:
 
 def draws_randoms(case: Case) -> bool:
     """Whether the op draws from ctx.rng in this case (its result depends on the generator)."""
-    return case.op == "dropout" and case.training and case.attrs.rate > 0
+    if case.op == "dropout":
+        return case.training and case.attrs.rate > 0
+    return case.op in RANDOM_OPS and case.training
+
+
+def uniforms(case: Case, count: int, xp: Any = np) -> list[np.ndarray]:
+    """The first `count` draws rng.random(batch) of the case's generator, on the host.
+
+    The augmentation layers draw their parameters in that order (the list in
+    cnndsl/ops/augmentation.py's docstring); references rebuild them from it.
+    """
+    rng = make_ctx(case, xp).rng
+    out = []
+    for _ in range(count):
+        u = rng.random(case.batch)
+        out.append(u.get() if hasattr(u, "get") else np.asarray(u))
+    return out
 
 
 def tf_same(n: int, f: int, s: int) -> tuple[int, int]:

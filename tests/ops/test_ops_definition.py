@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from op_cases import (
+    RANDOM_OPS,
     Case,
     draws_randoms,
     get_case,
@@ -25,6 +26,7 @@ from op_cases import (
     op_params,
     side_pads,
     trainable,
+    uniforms,
 )
 
 from cnndsl.ops import OPS
@@ -384,6 +386,207 @@ def ref_crop(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
     return y
 
 
+# ---- Preprocessing and augmentation (Keras' layers, TensorFlow's kernels) ----
+
+
+def ref_rescale(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    y = np.empty_like(xs[0])
+    for idx in np.ndindex(y.shape):
+        y[idx] = xs[0][idx] * a.scale + a.offset
+    return y
+
+
+def resize_source(i: int, n_in: int, n_out: int, interpolation: str) -> list[tuple[int, float]]:
+    """(input row, weight) pairs of output row i, half-pixel centres (TensorFlow's resize)."""
+    scale = n_in / n_out
+    if interpolation == "nearest":
+        return [(min(math.floor((i + 0.5) * scale), n_in - 1), 1.0)]
+    t = (i + 0.5) * scale - 0.5
+    top = max(math.floor(t), 0)
+    bottom = min(math.ceil(t), n_in - 1)
+    frac = t - math.floor(t)
+    return [(top, 1 - frac), (bottom, frac)]
+
+
+def ref_resize_map(
+    x: np.ndarray, th: int, tw: int, interpolation: str, crop_aspect: bool
+) -> np.ndarray:
+    """x (batch first) resized to th×tw; crop_aspect: Keras' smart_resize window first."""
+    if crop_aspect:
+        h, w = x.shape[1:3]
+        ch, cw = min(h, int(w * th / tw)), min(w, int(h * tw / th))
+        top, left = int((h - ch) / 2), int((w - cw) / 2)
+        x = x[:, top : top + ch, left : left + cw]
+    n, h, w, c = x.shape
+    y = np.zeros((n, th, tw, c))
+    for i in range(th):
+        for j in range(tw):
+            for r, wr in resize_source(i, h, th, interpolation):
+                for q, wq in resize_source(j, w, tw, interpolation):
+                    y[:, i, j] += wr * wq * x[:, r, q]
+    return y
+
+
+def ref_resize(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    return ref_resize_map(xs[0], a.height, a.width, a.interpolation, a.crop_to_aspect_ratio)
+
+
+def ref_center_crop(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
+    x = xs[0]
+    h, wd = x.shape[1:3]
+    if h < a.height or wd < a.width:  # Keras resizes a smaller map
+        return ref_resize_map(x, a.height, a.width, "bilinear", True)
+    top, left = (h - a.height) // 2, (wd - a.width) // 2
+    y = np.empty((x.shape[0], a.height, a.width, x.shape[3]))
+    for n, i, j, c in np.ndindex(y.shape):
+        y[n, i, j, c] = x[n, top + i, left + j, c]
+    return y
+
+
+def ref_random_flip(a: Attrs, xs: list, w: dict, case: Case, xp: Any = np) -> np.ndarray:
+    x = xs[0]
+    if not case.training:
+        return x.copy()
+    modes = [m for m in ("horizontal", "vertical") if m in a.mode]
+    flips = dict(zip(modes, uniforms(case, len(modes), xp), strict=True))
+    h, wd = x.shape[1:3]
+    y = np.empty_like(x)
+    for n, i, j, c in np.ndindex(x.shape):
+        src_i = h - 1 - i if "vertical" in flips and flips["vertical"][n] < 0.5 else i
+        src_j = wd - 1 - j if "horizontal" in flips and flips["horizontal"][n] < 0.5 else j
+        y[n, i, j, c] = x[n, src_i, src_j, c]
+    return y
+
+
+def ref_random_crop(a: Attrs, xs: list, w: dict, case: Case, xp: Any = np) -> np.ndarray:
+    x = xs[0]
+    if not case.training:
+        return ref_resize_map(x, a.height, a.width, "bilinear", True)
+    h, wd = x.shape[1:3]
+    u_top, u_left = uniforms(case, 2, xp)
+    y = np.empty((x.shape[0], a.height, a.width, x.shape[3]))
+    for n, i, j, c in np.ndindex(y.shape):
+        top = math.floor(u_top[n] * (h - a.height + 1))
+        left = math.floor(u_left[n] * (wd - a.width + 1))
+        y[n, i, j, c] = x[n, top + i, left + j, c]
+    return y
+
+
+def tf_map_coordinate(t: float, n: int, mode: str) -> float:
+    """TensorFlow's ImageProjectiveTransformV3 fill-mode mapping, branch for branch."""
+    if mode == "constant":
+        return t
+    if mode == "reflect":
+        if t < 0:
+            if n <= 1:
+                t = 0
+            else:
+                sz2 = 2 * n
+                if t < -sz2:
+                    t = sz2 * int(-t / sz2) + t
+                t = t + sz2 if t < -n else -t - 1
+        elif t > n - 1:
+            if n <= 1:
+                t = 0
+            else:
+                sz2 = 2 * n
+                t -= sz2 * int(t / sz2)
+                if t >= n:
+                    t = sz2 - t - 1
+    elif mode == "wrap":
+        if t < 0:
+            t = 0 if n <= 1 else t + n * (int(-t / (n - 1)) + 1)
+        elif t > n - 1:
+            t = 0 if n <= 1 else t - n * int(t / (n - 1))
+    return min(max(t, 0), n - 1)
+
+
+def tf_transform(x: np.ndarray, m: list[float], a: Attrs) -> np.ndarray:
+    """One image [h, w, c] through the affine map m = (a0, a1, a2, b0, b1, b2), per pixel."""
+    h, w, _ = x.shape
+    fill = a.fill_value if a.fill_mode == "constant" else 0.0
+
+    def read(r: float, q: float) -> np.ndarray:
+        inside = 0 <= r <= h - 1 and 0 <= q <= w - 1
+        return x[int(r), int(q)] if inside else np.full(x.shape[2], fill)
+
+    y = np.empty_like(x)
+    for r in range(h):
+        for q in range(w):
+            cx = tf_map_coordinate(m[0] * q + m[1] * r + m[2], w, a.fill_mode)
+            cy = tf_map_coordinate(m[3] * q + m[4] * r + m[5], h, a.fill_mode)
+            if a.interpolation == "nearest":
+                y[r, q] = read(round_half_away(cy), round_half_away(cx))
+                continue
+            y0, x0 = math.floor(cy), math.floor(cx)
+            top = (x0 + 1 - cx) * read(y0, x0) + (cx - x0) * read(y0, x0 + 1)
+            bottom = (x0 + 1 - cx) * read(y0 + 1, x0) + (cx - x0) * read(y0 + 1, x0 + 1)
+            y[r, q] = (y0 + 1 - cy) * top + (cy - y0) * bottom
+    return y
+
+
+def round_half_away(v: float) -> float:
+    """std::round: halves away from zero."""
+    return math.copysign(math.floor(abs(v) + 0.5), v)
+
+
+def affine_params(a: Attrs, case: Case, h: int, w: int, xp: Any) -> list[list[float]]:
+    """Per sample, the transform Keras builds from the drawn parameters (its formulas)."""
+    out = []
+    if case.op == "random_rotation":
+        (u,) = uniforms(case, 1, xp)
+        for v in u:
+            angle = 2 * math.pi * (a.factor[0] + (a.factor[1] - a.factor[0]) * v)
+            c, s = math.cos(angle), math.sin(angle)
+            x_off = ((w - 1) - (c * (w - 1) - s * (h - 1))) / 2
+            y_off = ((h - 1) - (s * (w - 1) + c * (h - 1))) / 2
+            out.append([c, -s, x_off, s, c, y_off])
+    elif case.op == "random_zoom":
+        draws = uniforms(case, 1 if a.width_factor is None else 2, xp)
+        for n in range(case.batch):
+            lo, hi = a.height_factor
+            zh = 1 + lo + (hi - lo) * draws[0][n]
+            zw = zh
+            if a.width_factor is not None:
+                lo, hi = a.width_factor
+                zw = 1 + lo + (hi - lo) * draws[1][n]
+            out.append([zw, 0, (w - 1) / 2 * (1 - zw), 0, zh, (h - 1) / 2 * (1 - zh)])
+    else:
+        u_h, u_w = uniforms(case, 2, xp)
+        for n in range(case.batch):
+            dy = (a.height_factor[0] + (a.height_factor[1] - a.height_factor[0]) * u_h[n]) * h
+            dx = (a.width_factor[0] + (a.width_factor[1] - a.width_factor[0]) * u_w[n]) * w
+            out.append([1, 0, -dx, 0, 1, -dy])
+    return out
+
+
+def ref_affine(a: Attrs, xs: list, w: dict, case: Case, xp: Any = np) -> np.ndarray:
+    x = xs[0]
+    if not case.training:
+        return x.copy()
+    params = affine_params(a, case, x.shape[1], x.shape[2], xp)
+    return np.stack([tf_transform(x[n], params[n], a) for n in range(x.shape[0])])
+
+
+def ref_random_contrast(a: Attrs, xs: list, w: dict, case: Case, xp: Any = np) -> np.ndarray:
+    x = xs[0]
+    if not case.training:
+        return x.copy()
+    (u,) = uniforms(case, 1, xp)
+    lower, upper = a.factor
+    lo, hi = a.value_range
+    y = np.empty_like(x)
+    n_, h, wd, ch = x.shape
+    for n in range(n_):
+        k = 1 - lower + (lower + upper) * u[n]
+        for c in range(ch):
+            mean = sum(x[n, i, j, c] for i in range(h) for j in range(wd)) / (h * wd)
+            for i in range(h):
+                for j in range(wd):
+                    y[n, i, j, c] = min(max((x[n, i, j, c] - mean) * k + mean, lo), hi)
+    return y
+
+
 REFS: dict[str, Ref] = {
     "conv": ref_conv,
     "depthwise_conv": ref_depthwise_conv,
@@ -405,6 +608,15 @@ REFS: dict[str, Ref] = {
     "upsample": ref_upsample,
     "conv_transpose": ref_conv_transpose,
     "crop": ref_crop,
+    "rescale": ref_rescale,
+    "resize": ref_resize,
+    "center_crop": ref_center_crop,
+    "random_flip": ref_random_flip,
+    "random_crop": ref_random_crop,
+    "random_rotation": ref_affine,
+    "random_zoom": ref_affine,
+    "random_translation": ref_affine,
+    "random_contrast": ref_random_contrast,
     **{
         name: (lambda a, xs, w, case, name=name: ref_activation(name, a, xs[0]))
         for name in [*SCALAR, "softmax"]
@@ -423,8 +635,9 @@ def test_forward_matches_definition(op: str, i: int, xp: Any) -> None:
     assert op in REFS, f"op '{op}' has no reference implementation here"
     rng = np.random.default_rng(7)
     xs, ws = make_inputs(case, rng), make_weights(case, rng)
-    # dropout's reference draws from the generator of the module under test
-    expected = REFS[op](case.attrs, xs, ws, case, *((xp,) if op == "dropout" else ()))
+    # references of random ops draw from the generator of the module under test
+    random = op == "dropout" or op in RANDOM_OPS
+    expected = REFS[op](case.attrs, xs, ws, case, *((xp,) if random else ()))
     dev_ws = {k: xp.asarray(v.copy()) for k, v in ws.items()}  # batchnorm updates in place
     ctx = make_ctx(case, xp)
     y, _ = OPS[op].forward(xp, case.attrs, [xp.asarray(x) for x in xs], dev_ws, ctx)
@@ -463,9 +676,17 @@ def test_cupy_matches_numpy(op: str, i: int, cupy: Any) -> None:
         ctx = make_ctx(case, mod)
         y, saved = OPS[op].forward(mod, case.attrs, [mod.asarray(x) for x in xs], w, ctx)
         dxs, dws = OPS[op].backward(mod, case.attrs, saved, mod.asarray(dy), w, make_ctx(case, mod))
-        if draws_randoms(case):  # y = x·m and dx = dy·m for the same mask m
-            m = to_host(y) / xs[0]
-            np.testing.assert_allclose(to_host(dxs[0]), dy * m, rtol=1e-10, atol=1e-12)
+        if draws_randoms(case):
+            if op == "dropout":  # y = x·m and dx = dy·m for the same mask m
+                m = to_host(y) / xs[0]
+                np.testing.assert_allclose(to_host(dxs[0]), dy * m, rtol=1e-10, atol=1e-12)
+            elif (
+                op != "random_contrast"
+            ):  # linear for the drawn parameters: <y − y(0), dy> = <x, dx>
+                y0, _ = OPS[op].forward(mod, case.attrs, [mod.zeros_like(mod.asarray(xs[0]))],
+                                        w, make_ctx(case, mod))  # fmt: skip
+                lhs = float(np.sum((to_host(y) - to_host(y0)) * dy))
+                assert lhs == pytest.approx(float(np.sum(xs[0] * to_host(dxs[0]))), rel=1e-9)
             continue
         results.append(
             [to_host(y), *map(to_host, dxs), *(to_host(dws[k]) for k in trainable(case))]

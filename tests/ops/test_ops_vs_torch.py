@@ -14,8 +14,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from op_cases import SEED, Case, get_case, make_ctx, make_inputs, make_weights, op_params
+from op_cases import (
+    SEED,
+    Case,
+    get_case,
+    make_ctx,
+    make_inputs,
+    make_weights,
+    op_params,
+    uniforms,
+)
 from op_cases import side_pads as keras_pads
+from test_ops_definition import affine_params  # Keras' transforms from the drawn parameters
 
 from cnndsl.ops import OPS
 from cnndsl.ops.registry import Attrs
@@ -203,6 +213,89 @@ def t_crop(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
     return nhwc(F.pad(nchw(xs[0]), (-l, -r, -t, -b)))
 
 
+def t_resize_map(x: T, th: int, tw: int, interpolation: str, crop_aspect: bool) -> T:
+    """F.interpolate (bilinear: align_corners=False; nearest-exact), after Keras'
+    smart_resize window where asked."""
+    if crop_aspect:
+        h, w = x.shape[1:3]
+        ch, cw = min(h, int(w * th / tw)), min(w, int(h * tw / th))
+        top, left = int((h - ch) / 2), int((w - cw) / 2)
+        x = x[:, top : top + ch, left : left + cw]
+    mode = "nearest-exact" if interpolation == "nearest" else "bilinear"
+    extra = {} if interpolation == "nearest" else {"align_corners": False}
+    return nhwc(F.interpolate(nchw(x), size=(th, tw), mode=mode, **extra))
+
+
+def t_center_crop(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    x = xs[0]
+    h, wd = x.shape[1:3]
+    if h < a.height or wd < a.width:
+        return t_resize_map(x, a.height, a.width, "bilinear", True)
+    top, left = (h - a.height) // 2, (wd - a.width) // 2
+    return x[:, top : top + a.height, left : left + a.width]
+
+
+def t_random_flip(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    x = xs[0]
+    if not case.training:
+        return x
+    modes = [m for m in ("horizontal", "vertical") if m in a.mode]
+    for mode, u in zip(modes, uniforms(case, len(modes)), strict=True):
+        flip = torch.from_numpy(u < 0.5)[:, None, None, None]
+        x = torch.where(flip, torch.flip(x, dims=[2 if mode == "horizontal" else 1]), x)
+    return x
+
+
+def t_random_crop(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    x = xs[0]
+    if not case.training:
+        return t_resize_map(x, a.height, a.width, "bilinear", True)
+    h, wd = x.shape[1:3]
+    u_top, u_left = uniforms(case, 2)
+    crops = []
+    for n in range(x.shape[0]):
+        top, left = int(u_top[n] * (h - a.height + 1)), int(u_left[n] * (wd - a.width + 1))
+        crops.append(x[n, top : top + a.height, left : left + a.width])
+    return torch.stack(crops)
+
+
+def t_affine(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    """F.grid_sample with align_corners=False, whose reflection is TensorFlow's reflect
+    (about the border at −1/2), border its nearest, zeros its constant (fill added back)."""
+    x = xs[0]
+    if not case.training:
+        return x
+    if a.fill_mode == "wrap":
+        pytest.skip("grid_sample has no form of TensorFlow's wrap (checked by definition)")
+    n, h, wd, _ = x.shape
+    params = affine_params(a, case, h, wd, np)
+    rows, cols = np.meshgrid(np.arange(h), np.arange(wd), indexing="ij")
+    grids = []
+    for m in params:
+        cx = m[0] * cols + m[1] * rows + m[2]
+        cy = m[3] * cols + m[4] * rows + m[5]
+        grids.append(np.stack([(2 * cx + 1) / wd - 1, (2 * cy + 1) / h - 1], axis=-1))
+    grid = torch.from_numpy(np.stack(grids)).to(x.dtype)
+    pad = {"reflect": "reflection", "nearest": "border", "constant": "zeros"}[a.fill_mode]
+    mode = "nearest" if a.interpolation == "nearest" else "bilinear"
+    y = F.grid_sample(nchw(x), grid, mode=mode, padding_mode=pad, align_corners=False)
+    if a.fill_mode == "constant":
+        ones = torch.ones_like(nchw(x)[:, :1])
+        inside = F.grid_sample(ones, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        y = y + a.fill_value * (1 - inside)
+    return nhwc(y)
+
+
+def t_random_contrast(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
+    x = xs[0]
+    if not case.training:
+        return x
+    (u,) = uniforms(case, 1)
+    k = torch.from_numpy(1 - a.factor[0] + (a.factor[0] + a.factor[1]) * u).to(x.dtype)
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    return torch.clamp((x - mean) * k[:, None, None, None] + mean, *a.value_range)
+
+
 TORCH: dict[str, Callable[[Attrs, list[T], dict[str, T], Case], T]] = {
     "conv": t_conv,
     "depthwise_conv": t_depthwise_conv,
@@ -224,6 +317,17 @@ TORCH: dict[str, Callable[[Attrs, list[T], dict[str, T], Case], T]] = {
     "upsample": t_upsample,
     "conv_transpose": t_conv_transpose,
     "crop": t_crop,
+    "rescale": lambda a, xs, w, c: xs[0] * a.scale + a.offset,
+    "resize": lambda a, xs, w, c: t_resize_map(
+        xs[0], a.height, a.width, a.interpolation, a.crop_to_aspect_ratio
+    ),
+    "center_crop": t_center_crop,
+    "random_flip": t_random_flip,
+    "random_crop": t_random_crop,
+    "random_rotation": t_affine,
+    "random_zoom": t_affine,
+    "random_translation": t_affine,
+    "random_contrast": t_random_contrast,
     **{name: (lambda a, xs, w, c, f=f: f(a, xs[0])) for name, f in TORCH_ACT.items()},
 }
 
