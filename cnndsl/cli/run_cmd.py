@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -37,12 +38,14 @@ from cnndsl.cli.weights_cmd import DownloadBar
 from cnndsl.formats.data import DataError, Dataset, check, class_names, load_data
 from cnndsl.formats.data.arrays import load_output_arrays
 from cnndsl.formats.data.named import NAMED
+from cnndsl.ops import OPS
 from cnndsl.runtime.backends import BackendError
 from cnndsl.training.checkpoint import (
     CheckpointWarning,
     TrainingInterrupted,
     check_checkpoint_folder,
 )
+from cnndsl.training.distributed import quiet_unless_first
 from cnndsl.training.fit import ShortStatisticsWarning
 from cnndsl.training.guards import LossExplosion, LossExplosionWarning, non_finite_weights
 from cnndsl.training.history import Callback
@@ -232,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # NOTE: under mpiexec/srun every rank runs this; rank 0 alone prints and writes files.
+    args.first_rank = quiet_unless_first()
     net = load_network(args)
     with warnings.catch_warnings():
         warnings.simplefilter("always", CheckpointWarning)
@@ -314,7 +319,7 @@ def _run(args: argparse.Namespace, net: Any) -> int:
         batch_size=batch,
         validation_split=settings.validation_split,
         callbacks=callbacks,
-        augment=None if args.no_augment else data.augment,
+        augment=loader_augmentation(args, net.layers, data),
         checkpoint_dir=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         keep=args.keep,
@@ -339,15 +344,15 @@ def _run(args: argparse.Namespace, net: Any) -> int:
     result = model.evaluate(data.x_test, data.y_test, batch)
     print("test " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
     # NOTE: the weights first: they are the run's work; a history can be made again.
-    if args.save:
+    if args.save and getattr(args, "first_rank", True):
         outputs.save_weights(model, args.save, args.checkpoint)
         print(f"saved weights to {args.save}", file=sys.stderr)
-    if args.history:
+    if args.history and getattr(args, "first_rank", True):
         payload = {**history.to_json(), "test": result, "spec": net.name, "data": data.name}
         if second is not None:
             payload["then"] = {**second.to_json(), "unfreeze": args.then_unfreeze}
         outputs.write_text(args.history, json.dumps(payload, indent=2) + "\n")
-    if args.predict:
+    if args.predict and getattr(args, "first_rank", True):
         return predict.predict(args, model, net, classes, data.class_names)
     return 0
 
@@ -407,6 +412,13 @@ def _losses(model: Any) -> str:
     )
 
 
+def loader_augmentation(args: argparse.Namespace, layers: Iterable[Any], data: Any) -> Any:
+    """The loader's own flip-and-crop, unless --no-augment or the spec augments itself."""
+    if args.no_augment or any(OPS[layer.op].augments for layer in layers):
+        return None
+    return data.augment
+
+
 def _first(y: Any, n: int) -> Any:
     """The first n labels: of one array, or of each output's."""
     return {k: v[:n] for k, v in y.items()} if isinstance(y, dict) else y[:n]
@@ -440,7 +452,7 @@ def _second_stage(
         batch_size=batch,
         validation_split=split,
         callbacks=callbacks,
-        augment=None if args.no_augment else data.augment,
+        augment=loader_augmentation(args, model.graph, data),
         verbose=0,
     )
 

@@ -116,7 +116,7 @@ class BatchNorm(Op):
         act = a.get("activation", "none")
         workers = workers_of(ctx)
         if ctx.training:
-            mean, var = batch_moments(xp, x, workers)
+            mean, var = batch_moments(xp, x, workers, ctx.allreduce)
             for name, batch in (("moving_mean", mean), ("moving_variance", var)):
                 w[name][...] = a.momentum * w[name] + (1 - a.momentum) * batch
         else:
@@ -163,6 +163,11 @@ class BatchNorm(Op):
             # dx = g·(dz − mean(dz) − xhat·mean(dz·xhat)), xhat = (x − mean)·inv,
             # i.e. dx = g·dz + coef·x + const per channel.
             m = dy.size // dy.shape[-1]
+            if ctx.allreduce is not None:  # sync batchnorm: the global batch's sums
+                c = sdz.shape[0]
+                local = xp.concatenate([sdz, sdzx, xp.asarray([m], xp.float64)])
+                total = ctx.allreduce(local.astype(xp.float64))
+                sdz, sdzx, m = total[:c], total[c : 2 * c], float(total[2 * c])
             coef = -g * s.inv * (sdzx / m)
             const = -g * (sdz / m) - coef * s.mean
         if keep is not None:
@@ -198,12 +203,15 @@ def _row_chunks(workers: Workers, x: Array, per_sample: int) -> list[tuple[int, 
     ]
 
 
-def batch_moments(xp: Any, x: Array, workers: Workers) -> tuple[Array, Array]:
+def batch_moments(
+    xp: Any, x: Array, workers: Workers, allreduce: Any = None
+) -> tuple[Array, Array]:
     """Per-channel mean and biased variance over every axis but the last.
 
     One pass, shifted by the first sample's values so that
     E[(x − x0)²] − E[x − x0]² loses little to cancellation; chunk sums
-    are added in float64 in chunk order.
+    are added in float64 in chunk order. With `allreduce` (a sum over ranks),
+    the moments of the global batch (`_global_moments`).
     """
     x2, per = _rows(x)
     chunks = _row_chunks(workers, x, per)
@@ -220,10 +228,31 @@ def batch_moments(xp: Any, x: Array, workers: Workers) -> tuple[Array, Array]:
         parts[i, 1] = workers.colsum(xp, d)
 
     workers.each(chunks, run)
+    if allreduce is not None:
+        return _global_moments(xp, parts.sum(axis=0), x0, x2.shape[0], allreduce, x.dtype)
     total = parts.sum(axis=0) / max(x2.shape[0], 1)
     shifted_mean, square = total[0], total[1]
     var = xp.maximum(square - shifted_mean * shifted_mean, 0)
     return (shifted_mean + x0).astype(x.dtype), var.astype(x.dtype)
+
+
+def _global_moments(
+    xp: Any, sums: Array, x0: Array, n: int, allreduce: Any, dtype: Any
+) -> tuple[Array, Array]:
+    """Mean and biased variance of every rank's rows from this rank's shifted sums.
+
+    Each rank's shift x0 is its own, so ranks combine (mean, centred square
+    sum) pairs as Chan et al.'s parallel variance does: two sums over ranks.
+    """
+    rows = max(n, 1)
+    mean = sums[0] / rows + x0.astype(xp.float64)  # this rank's mean
+    centred = sums[1] - sums[0] * sums[0] / rows  # Σ (x − mean)² here
+    first = allreduce(xp.concatenate([xp.asarray([float(n)], xp.float64), n * mean]))
+    total = max(float(first[0]), 1.0)
+    global_mean = first[1:] / total
+    square = allreduce(centred + n * (mean - global_mean) ** 2)
+    var = xp.maximum(square / total, 0)
+    return global_mean.astype(dtype), var.astype(dtype)
 
 
 def affine(xp: Any, x: Array, scale: Array, shift: Array, act: str, workers: Workers) -> Array:

@@ -115,7 +115,10 @@ class Context:
     own dict for buffers it keeps between calls (None: keep nothing; the
     memory guard turns it off where memory is tight). workers: how kernels
     spread chunked work and keep scratch buffers (None: serially, shared
-    scratch; see `cnndsl.runtime.workers`).
+    scratch; see `cnndsl.runtime.workers`). allreduce: under data-parallel
+    training, sums an xp array over every rank (batchnorm's per-channel sums,
+    for statistics of the global batch; see cnndsl.training.distributed); None
+    on one process.
     """
 
     training: bool = False
@@ -124,6 +127,7 @@ class Context:
     overrides: Mapping[str, Callable[..., Any]] | None = None
     cache: dict[str, Any] | None = None
     workers: Any = None
+    allreduce: Callable[[Any], Any] | None = None
 
     def wants_grad(self, i: int) -> bool:
         """Whether backward must produce the gradient of input i."""
@@ -167,6 +171,11 @@ class Op:
     """The spec operator written between two tensors for this op (`a + b` is add,
     `a * b` multiply); None: the op is called by name. The elaborator and the
     spec writer of ONNX import both read it."""
+
+    augments: ClassVar[bool] = False
+    """Draws random transformations of its input in training (Keras' Random* layers).
+    A spec with such a layer says its own augmentation, so `cnndsl run` leaves
+    the image-folder loader's built-in flip-and-crop off."""
 
     pads_itself: ClassVar[bool] = False
     """The kernels take attrs pad_input=((top, bottom), (left, right)): zeros around

@@ -31,6 +31,7 @@ from cnndsl.training.checkpoint import (
     TrainState,
     labels_digest,
 )
+from cnndsl.training.distributed import Ranks, fail_together, join
 from cnndsl.training.guards import NonFiniteLoss
 from cnndsl.training.history import Callback, History
 from cnndsl.training.losses import Loss, Metric, get_metric
@@ -62,6 +63,7 @@ def fit(
     keep: int = 3,
     resume: bool = False,
     verbose: int | str = "auto",
+    distributed: bool | None = None,
 ) -> History:
     """Train for `epochs`; returns History with loss, metrics and val_* per epoch.
 
@@ -85,8 +87,48 @@ def fit(
     stderr is a terminal or a notebook, else 0, so scripts and tests stay quiet.
     Batchnorm layers whose moving statistics had too few updates for their
     momentum get a ShortStatisticsWarning at the end (see warn_short_statistics).
+    distributed: data-parallel over MPI ranks (docs/distributed.md); None (the
+    default) when a launcher (mpiexec, srun) started more than one process;
+    every rank calls fit with the same arguments, each global batch of
+    batch_size is split over the ranks, and the run ends as one process's
+    would; rank 0 alone shows progress and writes checkpoints; an error on any
+    rank ends every rank.
     """
+    ranks = join(distributed)
+    model.ranks = ranks
+    with fail_together(ranks):
+        return _fit(
+            model, x, y, epochs, batch_size, validation_split, validation_data, shuffle,
+            callbacks, loss, optimizer, metrics, lr, loss_weights, augment, initial_epoch,
+            checkpoint_dir, checkpoint_every, keep, resume, verbose, ranks,
+        )  # fmt: skip
 
+
+def _fit(
+    model: Model,
+    x: Any,
+    y: Any,
+    epochs: int | None,
+    batch_size: int | None,
+    validation_split: float | None,
+    validation_data: tuple[Any, Any] | None,
+    shuffle: bool,
+    callbacks: Iterable[Callback],
+    loss: str | Loss | None,
+    optimizer: str | Mapping[str, Any] | Optimizer | None,
+    metrics: Sequence[str] | None,
+    lr: float | None,
+    loss_weights: Sequence[float] | Mapping[str, float] | None,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
+    initial_epoch: int,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    checkpoint_every: int | None,
+    keep: int,
+    resume: bool,
+    verbose: int | str,
+    ranks: Ranks | None,
+) -> History:
+    """fit's body, on one process or on this rank of `ranks`."""
     model.compile(loss, optimizer, metrics, lr, loss_weights)
     run = model.settings.overridden(
         epochs=epochs, batch=batch_size, validation_split=validation_split
@@ -108,7 +150,10 @@ def fit(
     model._check_memory(min(batch_size, len(train_idx)), training=True)
     state = TrainState(epoch=initial_epoch)
     saver = None
-    if checkpoint_dir is not None:
+    voice = ranks is None or ranks.first  # NOTE: rank 0 alone prints and writes
+    if ranks is not None:
+        ranks.check_batches(len(train_idx), batch_size)
+    if checkpoint_dir is not None and voice:
         saver = Checkpointer(checkpoint_dir, checkpoint_every, keep)
         saver.data = {
             "samples": len(train_idx),
@@ -118,8 +163,10 @@ def fit(
         state = saver.resume(model, state) if resume else state
         if not resume:
             saver.refuse_existing()
-    elif resume:
+    elif resume and checkpoint_dir is None:
         raise ModelError("resume=True needs checkpoint_dir, the folder to resume from")
+    if ranks is not None:  # rank 0's weights, optimizer, generators and (resumed) state
+        state = ranks.share_start(model, state)
     metric_fns = [(key, i, get_metric(name)) for key, i, name in model._metric_keys()]
     history = state.history
     history.params = {
@@ -138,7 +185,7 @@ def fit(
             loss={o: lf.name for o, lf in zip(model.output_names, model.losses, strict=True)},
             loss_weights=dict(zip(model.output_names, model.loss_weights, strict=True)),
         )
-    callbacks = [*_verbose_callbacks(verbose), *callbacks]
+    callbacks = [*_verbose_callbacks(verbose if voice else 0), *callbacks]
     if state.step:  # NOTE: a resumed run's moving statistics have had its earlier steps
         model.moving_updates = {
             p: None if c is None else max(c, state.step) for p, c in model.moving_updates.items()
@@ -173,6 +220,7 @@ def fit(
                 callbacks,
                 saver,
                 interrupts,
+                ranks,
             )
             if validation_data is not None:
                 val = model.evaluate(validation_data[0], validation_data[1], batch_size)
@@ -189,7 +237,8 @@ def fit(
                 break
     for cb in callbacks:
         cb.on_train_end(history.history)
-    warn_short_statistics(model)
+    if voice:
+        warn_short_statistics(model)
     return history
 
 
@@ -264,8 +313,13 @@ def _train_epoch(
     callbacks: list[Callback],
     saver: Checkpointer | None,
     interrupts: Interrupts,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
-    """The rest of the pass over x[state.order]; returns the epoch's mean loss and metrics."""
+    """The rest of the pass over x[state.order]; returns the epoch's mean loss and metrics.
+
+    Under `ranks`, this rank trains on its shard of each global batch; the loss
+    and metrics are the global batch's.
+    """
 
     sums, counts, order = state.sums, state.counts, state.order
     assert order is not None, "fit draws the epoch's order first"
@@ -275,12 +329,14 @@ def _train_epoch(
     for lo in range(state.batch * batch_size, len(order), batch_size):
         b = state.batch
         idx = order[lo : lo + batch_size]
-        xb = np.asarray(x[idx])
-        if augment is not None:
-            xb = augment(xb, model.rng)
-        yb = [y_i[idx] for y_i in ys]
+        part = slice(None) if ranks is None else ranks.shard(len(idx))
+        if augment is not None:  # NOTE: the whole global batch, so the draws are one process's
+            xb = augment(np.asarray(x[idx]), model.rng)[part]
+        else:
+            xb = np.asarray(x[idx[part]])
+        yb = [y_i[idx[part]] for y_i in ys]
         try:
-            value, values, ps = model._train_step(xb, yb)
+            value, values, ps = model._train_step(xb, yb, len(idx))
         except NonFiniteLoss as e:
             last = saver.latest if saver else None
             raise e.at(state.epoch + 1, b + 1, state.step + 1, last) from None
@@ -289,10 +345,13 @@ def _train_epoch(
             sums[key] = sums.get(key, 0.0) + v * len(idx)
             counts[key] = counts.get(key, 0) + len(idx)
         ydev = [model._labels(y_i) for y_i in yb]
-        for key, i, fn in metric_fns:
-            s, c = fn(model.xp, ps[i], ydev[i])
-            sums[key] = sums.get(key, 0.0) + float(s)
-            counts[key] = counts.get(key, 0) + c
+        scored = [fn(model.xp, ps[i], ydev[i]) for _, i, fn in metric_fns]
+        found = [float(s) for s, _ in scored] + [float(c) for _, c in scored]
+        if ranks is not None and found:
+            found = ranks.sum_floats(found)
+        for j, (key, _, _) in enumerate(metric_fns):
+            sums[key] = sums.get(key, 0.0) + found[j]
+            counts[key] = counts.get(key, 0) + round(found[len(metric_fns) + j])
         logs: dict[str, Any] = {k: sums[k] / max(counts[k], 1) for k in sums}
         logs.update(samples=lo + len(idx), total=len(order), seconds=time.perf_counter() - start)
         for cb in callbacks:

@@ -20,18 +20,22 @@ cnndsl.training.guards (those modules name `Model` in type hints only).
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from cnndsl.formats import weights as weight_files
 from cnndsl.ir import Graph
+from cnndsl.ops.registry import Context
 from cnndsl.runtime.backends import Backend
 from cnndsl.runtime.executor import Executor, ModelError, Observer, fans, initial_value
-from cnndsl.runtime.lower import output_activation, strip_output_activation
+from cnndsl.runtime.lower import Step, output_activation, strip_output_activation
 from cnndsl.training import guards
+from cnndsl.training.distributed import Ranks, ShardedGenerator
 from cnndsl.training.fit import fit as fit_loop
 from cnndsl.training.history import Callback, History
 from cnndsl.training.losses import LOSSES, Loss, Metric, get_loss, get_metric
@@ -59,6 +63,9 @@ class Model(Executor):
         self.stop_training = False
         # Bytes the memory guard may plan for (None: what the machine has free now).
         self.max_memory: int | None = None
+        # The data-parallel job fit trains in (cnndsl.training.distributed); None: one process.
+        self.ranks: Ranks | None = None
+        self._shard: tuple[Any, Any] | None = None  # a training step's allreduce and generator
         # Names of the output classes, saved with the weights (None: unnamed).
         self.class_names: list[str] | None = None
         self.output_names: list[str] = _output_names(
@@ -307,16 +314,32 @@ class Model(Executor):
         value, _, ps = self._train_step(x, self._label_list(y))
         return value, ps[0] if len(ps) == 1 else ps
 
-    def _train_step(self, x: Any, y: Sequence[Any]) -> tuple[float, list[float], list[Array]]:
-        """One optimizer step: (weighted total loss, each output's loss, each output)."""
+    def _train_step(
+        self, x: Any, y: Sequence[Any], global_batch: int | None = None
+    ) -> tuple[float, list[float], list[Array]]:
+        """One optimizer step: (weighted total loss, each output's loss, each output).
+
+        Under data-parallel training (self.ranks), x and y are this rank's shard of a
+        global batch of `global_batch` samples, and the step is the global batch's.
+        """
         xb, ys = self._device_batch(x), [self._labels(y_i) for y_i in y]
         before = guards.snapshot(self)  # generator state, moving statistics: to undo a NaN step
-        with self.backend.compute_scope(3 * self.macs * len(xb)):
+        ranks = self.ranks
+        with self.backend.compute_scope(3 * self.macs * len(xb)), self._sharded(global_batch):
             value, values, out_grads, ps, plan, saved = self._losses_and_outputs(
                 xb, ys, self.losses, self.loss_weights, True, keep=True
             )
             assert saved is not None
+            if ranks is not None:
+                # NOTE: each rank's loss is its shard's mean; weighted by the shard's share
+                # of the global batch, the sum over ranks is the global batch's mean.
+                share = len(xb) / (global_batch or len(xb))
+                out_grads = {o: g * g.dtype.type(share) for o, g in out_grads.items()}
             grads = self._backward(plan, saved, out_grads)
+        if ranks is not None:
+            value, *values = ranks.sum_gradients(
+                self.xp, grads, [float(v) * share for v in [value, *values]]
+            )
         if not guards.all_finite(self.xp, value, grads):
             labels = ys[0] if len(ys) == 1 else ys
             raise guards.non_finite_step(self, xb, labels, float(value), before)
@@ -325,6 +348,30 @@ class Model(Executor):
             if count is not None and path not in self.frozen:  # frozen: inference mode
                 self.moving_updates[path] = count + 1
         return float(value), [float(v) for v in values], ps
+
+    @contextmanager
+    def _sharded(self, global_batch: int | None) -> Iterator[None]:
+        """Within: training kernels see the ranks' allreduce and the global batch's draws."""
+        if self.ranks is None:
+            yield
+            return
+        ranks, xp = self.ranks, self.xp
+        total = global_batch or 0
+        self._shard = (
+            lambda a: ranks.allreduce(xp, a),
+            ShardedGenerator(self.backend.rng, ranks.shard(total), total),
+        )
+        try:
+            yield
+        finally:
+            self._shard = None
+
+    def _context(self, step: Step, training: bool) -> Context:
+        ctx = super()._context(step, training)
+        if self._shard is None or not ctx.training:
+            return ctx
+        allreduce, rng = self._shard
+        return dataclasses.replace(ctx, allreduce=allreduce, rng=rng)
 
     def observe_gradients(
         self,
@@ -404,8 +451,16 @@ class Model(Executor):
         sums = {"loss": 0.0, **dict.fromkeys(self._loss_keys(), 0.0)}
         sums.update({key: 0.0 for key, _, _ in metric_fns})
         counts = dict.fromkeys(sums, 0)
+        if self.ranks is not None:  # each rank evaluates its part; the sums are added
+            part = self.ranks.shard(n)
+            x, ys = x[part], [y_i[part] for y_i in ys]
         with self.backend.compute_scope(self.macs * batch_size):
             self._evaluate(x, ys, losses, metric_fns, batch_size, sums, counts)
+        if self.ranks is not None:
+            names = list(sums)
+            added = self.ranks.sum_floats([*sums.values(), *counts.values()])
+            sums = dict(zip(names, added[: len(names)], strict=True))
+            counts = {k: round(c) for k, c in zip(names, added[len(names) :], strict=True)}
         return {k: sums[k] / max(counts[k], 1) for k in sums}
 
     def _evaluate(

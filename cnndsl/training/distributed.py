@@ -1,0 +1,284 @@
+"""Data-parallel training over MPI (mpi4py): the same run as one process, on several.
+
+    mpiexec -n 4 cnndsl run specs/digits.cnn        # or srun -n 4 ..., or model.fit(...)
+
+Input: the communicator a launcher (mpiexec, srun) started this process in.
+Output: a `Ranks`, which fit and the model use to split each global batch into
+shards, sum gradients, synchronise batchnorm's statistics and reduce metrics.
+One process (no launcher, or distributed=False) never imports mpi4py.
+
+What keeps N ranks equal to one process (docs/distributed.md): every rank
+starts from rank 0's weights, optimizer state, generators and training state;
+every rank draws the same shuffled order and takes a contiguous shard of every
+global batch; each rank's loss gradient is weighted by its shard's share of the
+global batch, so the summed gradients are the global batch's; batchnorm sums
+its per-channel statistics over ranks (`Context.allreduce`); random draws
+whose first axis is the batch (dropout masks) are drawn for the whole global
+batch on every rank and sliced (`ShardedGenerator`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from cnndsl.runtime.executor import ModelError
+
+if TYPE_CHECKING:
+    from cnndsl.training.checkpoint import TrainState
+    from cnndsl.training.model import Model
+
+# Environment variables through which launchers give the process count: Open MPI,
+# MPICH/Intel MPI (PMI), and Slurm's srun.
+SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+INSTALL = "pip install 'cnndsl[mpi]'"
+
+
+def launched_ranks() -> int:
+    """The process count a launcher gave this process (1 when none), read without MPI."""
+    for name in SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher gave it (0 when none), read without MPI."""
+    if launched_ranks() <= 1:
+        return 0
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def quiet_unless_first() -> bool:
+    """On a rank other than 0, send this process's stdout and stderr to nothing; whether rank 0.
+
+    Errors that end the job still reach the terminal (`Ranks.abort` writes to
+    the process's own stderr).
+    """
+    if launched_rank() == 0:
+        return True
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (for the process's life)
+    return False
+
+
+class Ranks:
+    """This process's place in a data-parallel job: rank, rank count and the collectives."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self.mpi = MPI
+        self.comm = comm
+        self.rank: int = comm.Get_rank()
+        self.size: int = comm.Get_size()
+
+    @property
+    def first(self) -> bool:
+        """Whether this is rank 0, the one that prints and writes files."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous part of n items; the first n % size ranks get one more."""
+        base, extra = divmod(n, self.size)
+        lo = self.rank * base + min(self.rank, extra)
+        return slice(lo, lo + base + (self.rank < extra))
+
+    def allreduce(self, xp: Any, values: Any) -> Any:
+        """The sum over ranks of `values` (an xp array), as a new xp array of the same dtype."""
+        host = np.ascontiguousarray(xp.asnumpy(values) if hasattr(xp, "asnumpy") else values)
+        host = host.copy() if host is values else host
+        self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
+        return xp.asarray(host)
+
+    def sum_floats(self, values: Sequence[float]) -> list[float]:
+        """The sum over ranks of each of a few numbers (float64)."""
+        return [float(v) for v in self.allreduce(np, np.asarray(values, np.float64))]
+
+    def sum_gradients(self, xp: Any, grads: dict[str, Any], extra: Sequence[float]) -> list[float]:
+        """Sum every gradient over ranks in place, in one contiguous buffer; `extra` rides along.
+
+        The buffer holds the gradients in key order, then the `extra` numbers
+        (the weighted losses), in the gradients' dtype; returns extra's sums.
+        """
+        keys = sorted(grads)
+        dtype = grads[keys[0]].dtype if keys else np.dtype(np.float32)
+        sizes = [grads[k].size for k in keys]
+        flat = xp.empty(sum(sizes) + len(extra), dtype=dtype)
+        at = 0
+        for key, size in zip(keys, sizes, strict=True):
+            flat[at : at + size] = grads[key].reshape(-1)
+            at += size
+        flat[at:] = xp.asarray(np.asarray(extra, dtype))
+        total = self.allreduce(xp, flat)
+        at = 0
+        for key, size in zip(keys, sizes, strict=True):
+            grads[key][...] = total[at : at + size].reshape(grads[key].shape)
+            at += size
+        return [float(v) for v in total[at:]]
+
+    def share_start(self, model: Model, state: TrainState) -> TrainState:
+        """Give every rank rank 0's weights, optimizer state, generators and training state."""
+        from cnndsl.training.guards import rng_state, set_rng_state
+
+        for value in model.params.values():
+            host = np.ascontiguousarray(model.backend.to_host(value))
+            self.comm.Bcast(host, root=0)
+            value[...] = model.xp.asarray(host)
+        optimizer = self.comm.bcast(_host_state(model) if self.first else None, root=0)
+        model.optimizer.load_state_dict(optimizer, model.xp)
+        generators = (rng_state(model.rng), rng_state(model.backend.rng), model.moving_updates)
+        host_rng, device_rng, updates = self.comm.bcast(generators, root=0)
+        set_rng_state(model.rng, host_rng)
+        if device_rng is not None:
+            set_rng_state(model.backend.rng, device_rng)
+        model.moving_updates = dict(updates)
+        shared: TrainState = self.comm.bcast(state, root=0)
+        return shared
+
+    def check_batches(self, samples: int, batch_size: int) -> None:
+        """Refuse a run where some global batch has fewer samples than there are ranks."""
+        smallest = samples % batch_size or batch_size
+        smallest = min(smallest, batch_size, samples)
+        if smallest < self.size:
+            raise ModelError(
+                f"{self.size} ranks need at least {self.size} samples in every batch, but"
+                f" {samples} samples in batches of {batch_size} leave a batch of {smallest};"
+                " change --batch-size or the rank count"
+            )
+
+    def abort(self, error: BaseException) -> NoReturn:
+        """Print the error, naming this rank, and end every rank of the job (no hang)."""
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        stream = sys.__stderr__ or sys.stderr  # NOTE: ranks but 0 may have silenced sys.stderr
+        print(f"cnndsl: rank {self.rank} of {self.size} failed: {detail}", file=stream)
+        stream.flush()
+        self.comm.Abort(1)
+        raise SystemExit(1)  # NOTE: Abort does not return; for type checkers
+
+
+def _host_state(model: Model) -> dict[str, Any]:
+    """The optimizer's state_dict with host arrays (picklable from any backend)."""
+    state = model.optimizer.state_dict()
+    slots = {k: model.backend.to_host(v) for k, v in state["slots"].items()}
+    return {**state, "slots": slots}
+
+
+_joined: Ranks | None = None
+
+
+def join(distributed: bool | None) -> Ranks | None:
+    """The job's Ranks, or None to train as one process.
+
+    distributed=None: data-parallel when a launcher started more than one
+    process (`launched_ranks`); True: the same, and an error if mpi4py is
+    missing; False: one process. One rank is one process either way.
+    """
+    global _joined
+    if distributed is False or (distributed is None and launched_ranks() <= 1):
+        return None
+    if _joined is None:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise ModelError(
+                f"started as {launched_ranks()} processes, but mpi4py is not installed;"
+                f" {INSTALL}, or pass distributed=False"
+            ) from None
+        if MPI.COMM_WORLD.Get_size() <= 1:
+            return None
+        _joined = Ranks(MPI.COMM_WORLD)
+        _abort_on_uncaught(_joined)
+    return _joined
+
+
+def _abort_on_uncaught(ranks: Ranks) -> None:
+    """An uncaught error on one rank ends the whole job instead of leaving the rest waiting."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        previous(kind, error, tb)
+        ranks.abort(error)
+
+    sys.excepthook = hook
+
+
+@contextlib.contextmanager
+def fail_together(ranks: Ranks | None) -> Iterator[None]:
+    """Any error inside ends every rank (with a message naming this one); none: re-raised."""
+    if ranks is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as e:  # NOTE: the other ranks wait in a collective for this one
+        ranks.abort(e)
+
+
+class ShardedGenerator:
+    """A generator whose batch-shaped draws are the global batch's, sliced to this rank's shard.
+
+    Every rank draws the whole global batch's numbers (the generator moves on as
+    one process's would) and keeps rows lo:lo+n, so dropout masks do not depend
+    on the rank count. Draws whose first axis is not the shard's pass through.
+    """
+
+    def __init__(self, rng: Any, shard: slice, total: int) -> None:
+        self.rng, self.shard, self.total = rng, shard, total
+        self.rows = shard.stop - shard.start
+
+    def _sized(self, size: Any) -> tuple[Any, bool]:
+        shape = (size,) if isinstance(size, int) else size
+        if shape is None or len(shape) == 0 or shape[0] != self.rows:
+            return size, False
+        return (self.total, *shape[1:]), True
+
+    def _draw(self, method: str, size: Any, *args: Any, **kwargs: Any) -> Any:
+        size, sliced = self._sized(size)
+        out = getattr(self.rng, method)(*args, size=size, **kwargs)
+        return out[self.shard] if sliced else out
+
+    def random(self, size: Any = None, **kwargs: Any) -> Any:
+        """Uniform [0, 1) numbers; batch-shaped draws sliced from the global batch's."""
+        return self._draw("random", size, **kwargs)
+
+    def standard_normal(self, size: Any = None, **kwargs: Any) -> Any:
+        """Standard normal numbers; batch-shaped draws sliced from the global batch's."""
+        return self._draw("standard_normal", size, **kwargs)
+
+    def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None) -> Any:
+        """Uniform [low, high) numbers; batch-shaped draws sliced from the global batch's."""
+        return self._draw("uniform", size, low, high)
+
+    def normal(self, loc: Any = 0.0, scale: Any = 1.0, size: Any = None) -> Any:
+        """Normal numbers; batch-shaped draws sliced from the global batch's."""
+        return self._draw("normal", size, loc, scale)
+
+    def integers(self, low: Any, high: Any = None, size: Any = None, **kwargs: Any) -> Any:
+        """Random integers; batch-shaped draws sliced from the global batch's."""
+        return self._draw("integers", size, low, high, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rng, name)
+
+
+__all__ = [
+    "Ranks",
+    "ShardedGenerator",
+    "fail_together",
+    "join",
+    "launched_rank",
+    "launched_ranks",
+    "quiet_unless_first",
+]
