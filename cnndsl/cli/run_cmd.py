@@ -359,6 +359,11 @@ def _run(args: argparse.Namespace, net: Any) -> int:
 
 def _one_output_data(args: argparse.Namespace, net: Any, classes: int | None, source: str) -> Any:
     """The Dataset that --data names, checked against the network's input and classes."""
+    label_shape: tuple[int, ...] = ()
+    shape = tuple(net.output_shape)
+    if len(shape) > 1:
+        # NOTE: an output [h, w, C] classifies each position: labels [N, h, w], C classes.
+        label_shape, classes = shape[:-1], (2 if shape[-1] == 1 else shape[-1])
     # A named set's first use downloads it: a bar on a terminal.
     with DownloadBar(quiet=args.quiet or source not in NAMED) as bar:
         return load_data(
@@ -370,6 +375,7 @@ def _one_output_data(args: argparse.Namespace, net: Any, classes: int | None, so
             size_params=size_params(net),
             progress=bar.update,
             notify=bar.notice,
+            label_shape=label_shape,
         )
 
 

@@ -1,5 +1,9 @@
 """A .npz file of arrays: x and y, or x_train, y_train, x_test and y_test.
 
+y holds class indices: one per sample [N], or one per output position, e.g.
+[N, h, w] for a network whose output is [h, w, classes] (segmentation); which
+one the network needs is checked against it later (dataset.check).
+
 A network with several outputs reads one label array per output, named by the
 output (its layer path; `/` written `.`): `y_<output>` beside `x`
 (e.g. y_classes, y_box), or `y_train_<output>` and `y_test_<output>` beside

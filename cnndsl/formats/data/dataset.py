@@ -94,10 +94,13 @@ def check(
     input_shape: Sequence[int] | None,
     classes: int | None,
     size_params: Sequence[str] | None = None,
+    label_shape: Sequence[int] = (),
 ) -> Dataset:
     """Fit ds to the network: add a channel axis to 2-D images, check shapes and labels.
 
     size_params: the network parameters that set its input size (see _fit_shape).
+    label_shape: the class indices each sample needs, the output's shape but its
+    class axis: () for one class per sample, (h, w) for one per pixel.
     """
     if input_shape is not None:
         want = tuple(int(d) for d in input_shape)
@@ -109,11 +112,7 @@ def check(
                 f"{ds.name}: the {which} set is empty; give it samples (or use x and y and let"
                 " --test-split make the test set)"
             )
-        if y.ndim != 1:
-            raise DataError(
-                f"{ds.name}: {which} labels have shape {list(y.shape)}; expected one class"
-                " index per sample (shape [N])"
-            )
+        _check_label_shape(ds.name, which, y, tuple(label_shape))
     if classes is not None:
         for which, y in (("training", ds.y_train), ("test", ds.y_test)):
             if len(y) and (y.min() < 0 or y.max() >= classes):
@@ -124,6 +123,24 @@ def check(
                     f" class count to match the data (e.g. --set classes={int(y.max()) + 1})"
                 )
     return ds
+
+
+def _check_label_shape(name: str, which: str, y: np.ndarray, want: Shape) -> None:
+    """DataError unless y holds one class index per sample, or per output position."""
+    have = tuple(y.shape[1:])
+    # NOTE: axes of length 1 carry no positions: masks [N, h, w, 1] fit an output [h, w, C].
+    if tuple(d for d in have if d != 1) == tuple(d for d in want if d != 1):
+        return
+    if not want:
+        raise DataError(
+            f"{name}: {which} labels have shape {list(y.shape)}; expected one class index per"
+            " sample (shape [N])"
+        )
+    raise DataError(
+        f"{name}: {which} labels have shape {list(y.shape)}; the network's output gives a class"
+        f" per position, {list(want)} per sample, so expected labels of shape"
+        f" {['N', *want]} (one class index per position)"
+    )
 
 
 def _fit_shape(x: Any, want: Shape, name: str, size_params: Sequence[str] | None) -> Any:
@@ -158,22 +175,31 @@ def _expand(x: Any) -> Any:
 
 
 def as_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Class indices as int64: one per sample [N], or one per output position [N, ...].
+
+    Which shape the network needs is `check`'s to say; here only what no network takes.
+    """
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        hint = " (one-hot? save y.argmax(axis=1))" if y.ndim == 2 else ""
+    if y.ndim == 0:
+        raise DataError(
+            f"{where}: labels have shape []; expected one class number per sample, shape [N]"
+        )
+    per_sample = max(1, math.prod(y.shape[1:]))
+    if y.ndim == 2 and y.dtype.kind in "iubf" and _one_hot_or_soft(y):
+        # NOTE: a table of labels with fractions, or one 1 a row, is one-hot, not positions.
         raise DataError(
             f"{where}: labels have shape {list(y.shape)}; expected one class number per"
-            f" sample, shape [N]{hint}"
+            " sample, shape [N] (one-hot? save y.argmax(axis=1))"
         )
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y) | (y != np.round(np.nan_to_num(y)))
         if bad.any():
             raise DataError(
                 f"{where}: labels must be whole class numbers, found {y.dtype} values that are"
-                f" not (e.g. {y[bad][0]} for sample {int(np.argmax(bad))}); save class indices"
-                " 0..K-1"
+                f" not (e.g. {y[bad][0]} for sample {int(np.argmax(bad)) // per_sample}); save"
+                " class indices 0..K-1"
             )
     elif y.dtype.kind not in "iub":
         raise DataError(
@@ -186,11 +212,19 @@ def as_labels(y: np.ndarray, where: str) -> np.ndarray:
     if far.any():
         i = int(np.argmax(far))
         raise DataError(
-            f"{where}: label {y[i]} (sample {i}) is not a class index cnndsl accepts: labels"
-            f" are 0..K-1 with at most {MAX_CLASSES:,} classes; save class indices, not class"
-            " codes"
+            f"{where}: label {y.flat[i]} (sample {i // per_sample}) is not a class index cnndsl"
+            f" accepts: labels are 0..K-1 with at most {MAX_CLASSES:,} classes; save class"
+            " indices, not class codes"
         )
     return y.astype(np.int64)
+
+
+def _one_hot_or_soft(y: np.ndarray) -> bool:
+    """Whether 2-D labels read as one-hot or soft: values in [0, 1], rows summing to 1."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        wide = y.astype(np.float64)
+        inside = bool(((wide >= 0) & (wide <= 1)).all())
+        return inside and bool(np.allclose(wide.sum(axis=1), 1, atol=1e-3))
 
 
 def as_images(x: np.ndarray, where: str) -> Any:
@@ -231,7 +265,8 @@ def split(x: Any, y: np.ndarray, test_split: float, name: str) -> tuple[Any, Any
             " empty; choose a --test-split that keeps samples on both sides (e.g. 0.2)"
         )
     stratify = None
-    if y.min() >= 0:
+    # NOTE: labels per position (a class per pixel) name no one class to stratify by.
+    if y.ndim == 1 and y.min() >= 0:
         present = np.bincount(y)
         present = present[present > 0]
         # Stratify only where every class can appear on both sides.

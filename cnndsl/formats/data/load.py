@@ -43,6 +43,7 @@ def load_data(
     size_params: Sequence[str] | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
+    label_shape: Sequence[int] = (),
 ) -> Dataset:
     """Load `spec` (see module docstring) and check it against the network's input and classes.
 
@@ -50,6 +51,7 @@ def load_data(
     size_params: the network parameters that set its input size, named in the
     fix of a shape mismatch (None: not known; empty: the network has none).
     progress, notify: callbacks of a named set's download (bytes so far and total; notices).
+    label_shape: class indices per sample, () for one, (h, w) for one per pixel (see `check`).
     """
     if not 0 < test_split < 1:
         raise DataError(f"the test split must be a fraction between 0 and 1, got {test_split}")
@@ -60,7 +62,7 @@ def load_data(
             ds = _load(spec, input_shape, test_split, fit)
     except PermissionError as e:
         raise DataError(f"{e.filename}: permission denied; make the data readable") from None
-    return check(ds, input_shape, classes, size_params)
+    return check(ds, input_shape, classes, size_params, label_shape)
 
 
 def _load(
