@@ -39,6 +39,13 @@ from cnndsl.training.distributed import Ranks, ShardedGenerator
 from cnndsl.training.fit import fit as fit_loop
 from cnndsl.training.history import Callback, History
 from cnndsl.training.losses import LOSSES, Loss, Metric, get_loss, get_metric
+from cnndsl.training.multi_output import (
+    label_list,
+    metrics_per_output,
+    output_names_of,
+    spread,
+    weights_per_output,
+)
 from cnndsl.training.optimizers import Optimizer
 from cnndsl.training.settings import TrainSettings, checked
 
@@ -68,13 +75,17 @@ class Model(Executor):
         self._shard: tuple[Any, Any] | None = None  # a training step's allreduce and generator
         # Names of the output classes, saved with the weights (None: unnamed).
         self.class_names: list[str] | None = None
-        self.output_names: list[str] = _output_names(
+        self.output_names: list[str] = output_names_of(
             [self.plan.steps[o].path for o in self.plan.outputs]
         )
         self.losses: list[Loss] = self._per_output_losses(self.settings.loss)
-        self.loss_weights: list[float] = self._per_output_weights(self.settings.loss_weights)
+        self.loss_weights: list[float] = weights_per_output(
+            self.output_names, self.settings.loss_weights
+        )
         self.optimizer: Optimizer = self.settings.build_optimizer()
-        self.output_metrics: list[list[str]] = self._per_output_metrics(self.settings.metrics)
+        self.output_metrics: list[list[str]] = metrics_per_output(
+            self.output_names, self.losses, self.settings.metrics
+        )
         # Training steps that moved each layer's moving statistics since they were
         # initialised (None: they came from a file); fit warns when too few for the momentum.
         with_statistics = {k.rsplit(":", 1)[0] for k, s in self.specs.items() if not s.trainable}
@@ -136,82 +147,23 @@ class Model(Executor):
         fused = [name for name, loss in LOSSES.items() if act and loss.activation == act]
         return fused[0] if fused else "mean_squared_error"
 
-    # ---- one setting per output (Keras: one value for all, a list, or a dict by output name) ----
-    def _per_output(self, value: Any, what: str) -> list[Any]:
-        """`value` spread over the outputs: a list in return order, or a dict by output name."""
-        names = self.output_names
-        if isinstance(value, Mapping):
-            unknown = [k for k in value if k not in names]
-            if unknown:
-                raise ModelError(
-                    f"{what}: no output named {', '.join(map(repr, unknown))};"
-                    f" the outputs are {', '.join(names)}"
-                )
-            return [value.get(name) for name in names]
-        if len(value) != len(names):
-            raise ModelError(
-                f"{what}: {len(value)} given for {len(names)} outputs ({', '.join(names)});"
-                " give one per output, in return order, or a dict by output name"
-            )
-        return list(value)
-
+    # ---- one setting per output (cnndsl.training.multi_output) ----
     def _per_output_losses(self, loss: Any) -> list[Loss]:
         """One Loss per output from a name/Loss (every output), a list or a dict; None: defaults."""
         if loss is None or isinstance(loss, (str, Loss)):
             chosen: list[Any] = [loss] * len(self.output_names)
         else:
-            chosen = self._per_output(loss, "loss")
+            chosen = spread(self.output_names, loss, "loss")
         return [
             get_loss(name if name is not None else self._default_loss(o))
             for name, o in zip(chosen, self.plan.outputs, strict=True)
         ]
 
-    def _per_output_weights(self, weights: Any) -> list[float]:
-        """One loss weight per output from a list or a dict (missing: 1); None: all 1."""
-        if weights is None:
-            return [1.0] * len(self.output_names)
-        if isinstance(weights, (int, float)):
-            weights = [weights]
-        chosen = self._per_output(weights, "loss_weights")
-        out = [1.0 if w is None else float(w) for w in chosen]
-        if not all(np.isfinite(w) and w >= 0 for w in out):
-            raise ModelError(f"loss_weights must be finite numbers >= 0, not {out}")
-        return out
-
-    def _per_output_metrics(self, metrics: Any) -> list[list[str]]:
-        """Each output's metrics: a list applies to every output, a dict names them per
-        output; None: accuracy for each output trained with a cross-entropy loss."""
-        if metrics is None:
-            return [["accuracy"] if "crossentropy" in loss.name else [] for loss in self.losses]
-        if isinstance(metrics, Mapping):
-            chosen = self._per_output(metrics, "metrics")
-            return [_known_metrics(m) if m is not None else [] for m in chosen]
-        return [_known_metrics(metrics) for _ in self.output_names]
-
-    def _label_list(self, y: Any) -> list[np.ndarray]:
-        """Each output's labels as a host array: y itself for one output; for several, a
-        list or tuple in return order, or a dict by output name."""
-        names = self.output_names
-        if len(names) == 1:
-            if isinstance(y, Mapping):
-                return [np.asarray(self._per_output(y, "labels")[0])]
-            return [np.asarray(y)]
-        if isinstance(y, np.ndarray) or not isinstance(y, (Mapping, list, tuple)):
-            raise ModelError(
-                f"the network has {len(names)} outputs ({', '.join(names)}): give their"
-                " labels as a list or tuple in return order, or a dict by output name"
-            )
-        ys = self._per_output(y, "labels")
-        missing = [name for name, v in zip(names, ys, strict=True) if v is None]
-        if missing:
-            raise ModelError(f"labels: none given for output {', '.join(missing)}")
-        return [np.asarray(v) for v in ys]
-
     def _checked_labels(
         self, y: Any, n: int, losses: Sequence[Loss] | None = None
     ) -> list[np.ndarray]:
-        """`_label_list`, each checked against its output and loss (default: the compiled)."""
-        ys = self._label_list(y)
+        """`label_list`, each checked against its output and loss (default: the compiled)."""
+        ys = label_list(self.output_names, y)
         losses = self.losses if losses is None else losses
         for name, y_i, loss, shape in zip(
             self.output_names, ys, losses, self.output_shapes, strict=True
@@ -289,7 +241,7 @@ class Model(Executor):
         """
         losses = self.losses if loss is None else self._per_output_losses(loss)
         xb = self._device_batch(x)
-        ys = [self._labels(y_i) for y_i in self._label_list(y)]
+        ys = [self._labels(y_i) for y_i in label_list(self.output_names, y)]
         # NOTE: a training forward moves the moving statistics; they are put back after.
         kept = {k: self.params[k].copy() for k, s in self.specs.items() if not s.trainable}
         try:
@@ -311,7 +263,7 @@ class Model(Executor):
         and the output a list, one per output. A NaN or infinite loss or gradient
         raises NonFiniteLoss and changes nothing.
         """
-        value, _, ps = self._train_step(x, self._label_list(y))
+        value, _, ps = self._train_step(x, label_list(self.output_names, y))
         return value, ps[0] if len(ps) == 1 else ps
 
     def _train_step(
@@ -412,13 +364,13 @@ class Model(Executor):
         if loss is not None:
             self.losses = self._per_output_losses(loss)
         if loss_weights is not None:
-            self.loss_weights = self._per_output_weights(loss_weights)
+            self.loss_weights = weights_per_output(self.output_names, loss_weights)
         if optimizer is not None:
             self.optimizer = self.settings.build_optimizer(optimizer, lr)
         elif lr is not None:
             self.optimizer.lr = checked("lr", lr)
         if metrics is not None:
-            self.output_metrics = self._per_output_metrics(metrics)
+            self.output_metrics = metrics_per_output(self.output_names, self.losses, metrics)
         return self
 
     # NOTE: one definition of fit's parameters and docs, there; bound here as a method.
@@ -441,7 +393,7 @@ class Model(Executor):
         keys = self._metric_keys()
         if metrics is not None:
             kept = self.output_metrics
-            self.output_metrics = self._per_output_metrics(metrics)
+            self.output_metrics = metrics_per_output(self.output_names, self.losses, metrics)
             keys, self.output_metrics = self._metric_keys(), kept
         metric_fns = [(key, i, get_metric(name)) for key, i, name in keys]
         batch_size = batch_size or self.batch_size
@@ -558,26 +510,6 @@ class Model(Executor):
             f"<Model {name}: {len(self.plan)} steps, {self.count_params()['total']:,}"
             f" params, backend {self.backend.name}>"
         )
-
-
-def _output_names(paths: list[str]) -> list[str]:
-    """One name per output, as History's keys and dict labels name them.
-
-    The block call or layer that holds each output (`aux1` for `aux1/linear`)
-    where those are all different, as Keras names outputs by their layer; else
-    the layer paths.
-    """
-    tops = [path.split("/", 1)[0] for path in paths]
-    return tops if len(set(tops)) == len(tops) else list(paths)
-
-
-def _known_metrics(names: Sequence[str]) -> list[str]:
-    """The metric names as a list; LossError for one that is unknown (at compile, not in fit)."""
-    if isinstance(names, str):
-        names = [names]
-    for name in names:
-        get_metric(name)
-    return list(names)
 
 
 __all__ = ["Callback", "History", "Model", "ModelError", "fans", "initial_value"]
