@@ -24,6 +24,19 @@ def add_spec_arguments(parser: argparse.ArgumentParser, optional: bool = False) 
         )
     else:
         parser.add_argument("spec", help="a .cnn file, or zoo.NAME for a shipped spec")
+    add_network_arguments(parser)
+    parser.add_argument(
+        "--block",
+        metavar="NAME",
+        help="compile one block instead of a network (needs --input-shape)",
+    )
+    parser.add_argument(
+        "--input-shape", metavar="H,W,C", help="input shape for --block, e.g. 28,28,192"
+    )
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, example: str = "size=64") -> None:
+    """--network NAME and --set k=v: which network of the spec, with which parameters."""
     parser.add_argument(
         "--network", metavar="NAME", help="which network to compile when the file has several"
     )
@@ -33,16 +46,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, optional: bool = False) 
         action="append",
         default=[],
         metavar="K=V",
-        help="override a network parameter, e.g. --set size=64 (repeatable; also --set a=1 b=2)",
+        help=f"override a network parameter, e.g. --set {example} (repeatable; also --set a=1 b=2)",
         nargs="+",
-    )
-    parser.add_argument(
-        "--block",
-        metavar="NAME",
-        help="compile one block instead of a network (needs --input-shape)",
-    )
-    parser.add_argument(
-        "--input-shape", metavar="H,W,C", help="input shape for --block, e.g. 28,28,192"
     )
 
 

@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from cnndsl.cli import ranges
-from cnndsl.cli.common import load_network
+from cnndsl.cli.common import add_network_arguments, load_network
 from cnndsl.formats import fetch as fetching
 from cnndsl.runtime.executor import ModelError
 
@@ -90,18 +90,7 @@ def add_convert_arguments(convert: argparse.ArgumentParser) -> None:
     convert.add_argument(
         "--spec", required=True, help="the network: a .cnn file, or zoo.NAME for a shipped spec"
     )
-    convert.add_argument(
-        "--network", metavar="NAME", help="which network to compile when the file has several"
-    )
-    convert.add_argument(
-        "--set",
-        dest="params",
-        action="append",
-        default=[],
-        metavar="K=V",
-        nargs="+",
-        help="override a network parameter, e.g. --set classes=10 or --set include_top=false",
-    )
+    add_network_arguments(convert, example="include_top=false")
     convert.add_argument(
         "--map",
         metavar="MAPPING.json",
