@@ -10,6 +10,7 @@ finite differences and direct loops stay fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,6 +320,62 @@ def op_params() -> list[Any]:
     ]
 
 
+# Ops whose kernels the NumPy backend's Numba overrides replace
+# (cnndsl/runtime/backends/numba_kernels). Their cases run twice in the
+# definition, finite-difference and PyTorch suites: NumPy's kernels, then the
+# compiled ones. test_jit_kernels keeps this set equal to the ops that look
+# one of the overrides up.
+JIT_OPS: frozenset[str] = frozenset()
+
+
+def op_kernel_params() -> list[Any]:
+    """(op, index, jit) for op_params(), and again with jit=True for the ops in JIT_OPS."""
+    import pytest
+
+    params = []
+    for p in op_params():
+        op, i = p.values
+        params.append(pytest.param(op, i, False, id=p.id))
+        if op in JIT_OPS:
+            params.append(pytest.param(op, i, True, id=f"{p.id}-jit"))
+    return params
+
+
+class RecordingOverrides(Mapping[str, Any]):
+    """A backend's overrides that note which of them a kernel looked up and found."""
+
+    def __init__(self, overrides: Mapping[str, Any]) -> None:
+        self._overrides = dict(overrides)
+        self.used: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._overrides[key]
+        self.used.add(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if key in self._overrides:
+            return self[key]
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._overrides)
+
+    def __len__(self) -> int:
+        return len(self._overrides)
+
+
+def jit_overrides() -> RecordingOverrides:
+    """The NumPy backend's compiled kernels, or a skip where Numba is missing or switched off."""
+    import pytest
+
+    from cnndsl.runtime.backends import numba_kernels
+
+    if not numba_kernels.available():
+        pytest.skip("Numba is not installed (or CNNDSL_JIT=0): no compiled kernels to check")
+    return RecordingOverrides(numba_kernels.overrides())
+
+
 def get_case(op: str, i: int) -> Case:
     """CASES[op][i], failing with a clear message for an op without cases."""
     import pytest
@@ -363,12 +420,15 @@ def trainable(case: Case) -> list[str]:
     return [name for name, spec in specs.items() if spec.trainable]
 
 
-def make_ctx(case: Case, xp: Any = np, **kw: Any) -> Context:
+def make_ctx(case: Case, xp: Any = np, jit: bool = False, **kw: Any) -> Context:
     """A fresh context: the case's training flag and xp's own generator seeded with SEED.
 
     The generator comes from the array module under test, as a backend's does:
-    on CuPy, dropout's mask must be a CuPy array.
+    on CuPy, dropout's mask must be a CuPy array. jit: with the NumPy backend's
+    compiled kernels as overrides (`jit_overrides`, which skips without Numba).
     """
+    if jit:
+        kw.setdefault("overrides", jit_overrides())
     return Context(training=case.training, rng=xp.random.default_rng(SEED), **kw)
 
 

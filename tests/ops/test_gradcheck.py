@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from op_cases import get_case, make_ctx, make_inputs, make_weights, op_params, trainable
+from op_cases import (
+    get_case,
+    make_ctx,
+    make_inputs,
+    make_weights,
+    op_kernel_params,
+    op_params,
+    trainable,
+)
 
 from cnndsl.ops import OPS
 
@@ -31,8 +39,8 @@ def numeric_grad(loss: Callable[[], float], a: np.ndarray) -> np.ndarray:
     return g
 
 
-@pytest.mark.parametrize(("op", "i"), op_params())
-def test_gradients_match_finite_differences(op: str, i: int) -> None:
+@pytest.mark.parametrize(("op", "i", "jit"), op_kernel_params())
+def test_gradients_match_finite_differences(op: str, i: int, jit: bool) -> None:
     case = get_case(op, i)
     a = case.attrs
     rng = np.random.default_rng(11)
@@ -41,11 +49,11 @@ def test_gradients_match_finite_differences(op: str, i: int) -> None:
 
     def loss() -> float:
         # A fresh context per call: dropout draws the same mask every time.
-        y, _ = OPS[op].forward(np, a, xs, ws, make_ctx(case))
+        y, _ = OPS[op].forward(np, a, xs, ws, make_ctx(case, np, jit))
         return float(np.sum(y * r))
 
-    _, saved = OPS[op].forward(np, a, xs, ws, make_ctx(case))
-    dxs, dws = OPS[op].backward(np, a, saved, r.copy(), ws, make_ctx(case))
+    _, saved = OPS[op].forward(np, a, xs, ws, make_ctx(case, np, jit))
+    dxs, dws = OPS[op].backward(np, a, saved, r.copy(), ws, make_ctx(case, np, jit))
     assert len(dxs) == len(xs)
     assert set(dws) == set(trainable(case))
     for k, (x, dx) in enumerate(zip(xs, dxs, strict=True)):

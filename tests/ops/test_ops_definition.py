@@ -23,6 +23,7 @@ from op_cases import (
     make_ctx,
     make_inputs,
     make_weights,
+    op_kernel_params,
     op_params,
     side_pads,
     trainable,
@@ -629,8 +630,10 @@ def to_host(a: Any) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-@pytest.mark.parametrize(("op", "i"), op_params())
-def test_forward_matches_definition(op: str, i: int, xp: Any) -> None:
+@pytest.mark.parametrize(("op", "i", "jit"), op_kernel_params())
+def test_forward_matches_definition(op: str, i: int, jit: bool, xp: Any) -> None:
+    if jit and xp is not np:
+        pytest.skip("the compiled kernels are the NumPy backend's")
     case = get_case(op, i)
     assert op in REFS, f"op '{op}' has no reference implementation here"
     rng = np.random.default_rng(7)
@@ -639,7 +642,7 @@ def test_forward_matches_definition(op: str, i: int, xp: Any) -> None:
     random = op == "dropout" or op in RANDOM_OPS
     expected = REFS[op](case.attrs, xs, ws, case, *((xp,) if random else ()))
     dev_ws = {k: xp.asarray(v.copy()) for k, v in ws.items()}  # batchnorm updates in place
-    ctx = make_ctx(case, xp)
+    ctx = make_ctx(case, xp, jit)
     y, _ = OPS[op].forward(xp, case.attrs, [xp.asarray(x) for x in xs], dev_ws, ctx)
     np.testing.assert_allclose(to_host(y), expected, rtol=1e-10, atol=1e-12)
     if op == "batchnorm" and case.training:  # moving stats moved toward the batch's (biased)

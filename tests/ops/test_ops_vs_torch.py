@@ -21,7 +21,7 @@ from op_cases import (
     make_ctx,
     make_inputs,
     make_weights,
-    op_params,
+    op_kernel_params,
     uniforms,
 )
 from op_cases import side_pads as keras_pads
@@ -338,8 +338,8 @@ TOLERANCE: dict[Any, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("op", "i"), op_params())
-def test_matches_torch(op: str, i: int, dtype: Any) -> None:
+@pytest.mark.parametrize(("op", "i", "jit"), op_kernel_params())
+def test_matches_torch(op: str, i: int, jit: bool, dtype: Any) -> None:
     case = get_case(op, i)
     assert op in TORCH, f"op '{op}' has no PyTorch reference here"
     a = case.attrs
@@ -349,8 +349,8 @@ def test_matches_torch(op: str, i: int, dtype: Any) -> None:
     specs = OPS[op].weights(a, *case.inputs)
 
     ours_w = {k: v.copy() for k, v in ws.items()}
-    y, saved = OPS[op].forward(np, a, xs, ours_w, make_ctx(case))
-    dxs, dws = OPS[op].backward(np, a, saved, dy, ours_w, make_ctx(case))
+    y, saved = OPS[op].forward(np, a, xs, ours_w, make_ctx(case, np, jit))
+    dxs, dws = OPS[op].backward(np, a, saved, dy, ours_w, make_ctx(case, np, jit))
 
     t_xs = [torch.tensor(x, requires_grad=True) for x in xs]
     t_ws = {k: torch.tensor(v, requires_grad=specs[k].trainable) for k, v in ws.items()}

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cnndsl.runtime.backends.base import Backend
+from cnndsl.runtime.backends import numba_kernels
+from cnndsl.runtime.backends.base import Backend, BackendError
 from cnndsl.runtime.workers import Workers
 
 T = TypeVar("T")
@@ -206,14 +207,28 @@ class NumpyBackend(Backend):
     (None: one per core the process may use); small batches run BLAS on one thread.
     keep_freed_memory: let malloc keep freed arrays for the next step
     (`keep_heap_for_reuse`, process-wide; False leaves malloc as configured).
+    jit: run the single-pass kernels Numba compiles
+    (`cnndsl.runtime.backends.numba_kernels`) where it has them; None: when
+    Numba imports and CNNDSL_JIT is not 0. False: NumPy's kernels only.
     """
 
     name = "numpy"
 
     def __init__(
-        self, seed: int = 0, threads: int | None = None, keep_freed_memory: bool = True
+        self,
+        seed: int = 0,
+        threads: int | None = None,
+        keep_freed_memory: bool = True,
+        jit: bool | None = None,
     ) -> None:
         super().__init__(np, seed)
+        if jit is None or jit:
+            if jit and not numba_kernels.available():
+                raise BackendError(
+                    "jit=True needs Numba (pip install numba) and CNNDSL_JIT not set to 0"
+                )
+            self.overrides = numba_kernels.overrides()
+        self.jit = bool(self.overrides)
         self.threads = threads
         self.workers: ThreadWorkers = ThreadWorkers(threads if threads is not None else cores())
         if keep_freed_memory:
@@ -243,8 +258,10 @@ class NumpyBackend(Backend):
 
 
 def create(seed: int = 0, **options: Any) -> NumpyBackend:
-    """Entry point used by `get_backend("numpy")`; options: threads, keep_freed_memory."""
-    unknown = set(options) - {"threads", "keep_freed_memory"}
+    """Entry point used by `get_backend("numpy")`; options: threads, keep_freed_memory, jit."""
+    unknown = set(options) - {"threads", "keep_freed_memory", "jit"}
     if unknown:
-        raise TypeError(f"numpy backend options: threads, keep_freed_memory; got {sorted(unknown)}")
+        raise TypeError(
+            f"numpy backend options: threads, keep_freed_memory, jit; got {sorted(unknown)}"
+        )
     return NumpyBackend(seed=seed, **options)
