@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("diagram and report")
     group.add_argument(
         "--depth",
-        type=int,
+        type=ranges.whole(1),
         default=None,
         metavar="N",
         help="draw block instances nested N deep or more as single nodes",
