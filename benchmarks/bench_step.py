@@ -299,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
+    from ceilings import measure_ceilings_apart, roofline_section
+
     rows = []
     profiles = {}
     loads = [load_average()]
+    ceilings = measure_ceilings_apart()  # GEMM and bandwidth, for the roofline table
     for net in args.nets.split(","):
         runs: dict[str, list[dict[str, Any]]] = {"cnndsl": [], "torch": []}
         for r in range(args.repeats):
@@ -325,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile:
             profiles[net] = run_worker("cnndsl", net, args.steps, True).get("profile", {})
         loads.append(load_average())
-    write_results(Path(args.out), rows, profiles, args, loads)
+        ceilings = ceilings.best(measure_ceilings_apart())  # load only lowers them
+    roofline = roofline_section(rows, NETS, BATCH, ceilings)
+    write_results(Path(args.out), rows, profiles, args, loads, roofline)
     print(Path(args.out).read_text())
     return 0
 
@@ -336,8 +341,9 @@ def write_results(
     profiles: dict[str, Any],
     args: argparse.Namespace,
     loads: list[str],
+    roofline: list[str],
 ) -> None:
-    """The results table, the machine and the date, as Markdown."""
+    """The results table, the limits table, the machine and the date, as Markdown."""
     nets = "" if args.nets == ",".join(NETS) else f" --nets {args.nets}"
     lines = [
         "# cnndsl (NumPy backend) vs PyTorch CPU",
@@ -368,6 +374,7 @@ def write_results(
             f" {min(pairs):.2f}-{max(pairs):.2f}× | ≤ {NETS[net]['goal']:g}× |"
             f" {rss['cnndsl']:.0f} MiB | {rss['torch']:.0f} MiB |"
         )
+    lines += roofline
     lines += ["", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in machine().items()]
     lines.append(
