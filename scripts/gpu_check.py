@@ -16,7 +16,13 @@ and the run writes gpu_check.json to --out. Checks, in order:
 - ops: every op of the registry, its test cases scaled to 56×56×64 where
   the op's shape allows, forward and backward;
 - resnet18: one training step's gradients at 224×224, batch 8, within 1e-3
-  (relative, per weight array) of float64 NumPy's.
+  (relative, per weight array) of float64 NumPy's;
+- optimizers: each optimizer's fused update (one kernel a weight array) against
+  the NumPy update over a few steps, a NaN gradient included, and the time of a
+  step fused and not;
+- transfers: a training step brings its numbers (loss, metrics, finite check)
+  to the host in one transfer; where CuPy still has cupyx.allow_synchronize,
+  any other synchronising call in the step is a failure naming where.
 
 --dry-run: NumPy stands in for CuPy, at small sizes (a check of this script
 on a CPU; the comparisons are then float32 NumPy against float64 NumPy).
@@ -47,6 +53,7 @@ from cnndsl.ops.registry import Context  # noqa: E402
 from cnndsl.runtime.backends.cupy_backend import CupyBackend  # noqa: E402
 from cnndsl.training import guards  # noqa: E402
 from cnndsl.training.model import Model  # noqa: E402
+from cnndsl.training.optimizers import SGD, Adam, Optimizer, RMSprop  # noqa: E402
 
 CONV_TOL = 1e-4  # float32 against float64, norm-wise: about 100× float32's rounding
 OP_TOL = 1e-3
@@ -315,6 +322,111 @@ class Checks:
             time.perf_counter() - start,
         )
 
+    def optimizers(self) -> None:
+        """Each fused optimizer update against NumPy's, NaN gradients included; step times."""
+        fused = self.backend.overrides.get("optimizer_update")
+        if fused is None:
+            print("optimizers: no fused update (NumPy standing in): NumPy against NumPy")
+        c = self.channels
+        shapes = {"conv:kernel": (3, 3, c, c), "dense:kernel": (c * 16, 100), "bn:gamma": (c,)}
+        makers: dict[str, Callable[[], Optimizer]] = {
+            "sgd": lambda: SGD(lr=0.1, decay=0.01),
+            "sgd momentum": lambda: SGD(lr=0.1, momentum=0.9),
+            "sgd nesterov": lambda: SGD(lr=0.1, momentum=0.9, nesterov=True),
+            "adam": lambda: Adam(lr=1e-3, decay=0.01),
+            "rmsprop": lambda: RMSprop(lr=1e-3),
+        }
+        rng = np.random.default_rng(5)
+        for name, make in makers.items():
+            start = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+            want, reference = {k: v.copy() for k, v in start.items()}, make()
+            got = {k: self.xp.asarray(v) for k, v in start.items()}
+            device, plain = make(), make()
+            times: dict[str, float] = {"fused": 0.0, "unfused": 0.0}
+            for step in range(3):
+                grads = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+                if step == 1:
+                    grads["conv:kernel"][0, 1, 2, 3] = np.nan
+                dev = {k: self.xp.asarray(g) for k, g in grads.items()}
+                with np.errstate(invalid="ignore"):
+                    reference.step(np, want, grads)
+                for label, opt, params, how in (
+                    ("fused", device, got, fused),
+                    ("unfused", plain, {k: v.copy() for k, v in got.items()}, None),
+                ):
+                    self.backend.synchronize()
+                    t0 = time.perf_counter()
+                    opt.step(self.xp, params, dev, fused=how)
+                    self.backend.synchronize()
+                    times[label] += time.perf_counter() - t0
+            errors = []
+            for key in shapes:
+                g, w = self.host(got[key]), want[key]
+                nans = np.array_equal(np.isnan(g), np.isnan(w))
+                nans &= bool(np.isnan(w).any()) == (key == "conv:kernel")  # where the NaN went
+                finite = ~np.isnan(w)
+                errors.append(relative(g[finite], w[finite]) if nans else math.inf)
+            case = f"{name}: unfused {times['unfused'] * 1000:.2f} ms for 3 steps"
+            self.record("optimizer", case, max(errors), 1e-5, times["fused"])
+
+    def transfers(self) -> None:
+        """One device-to-host transfer a training step; no other synchronising call in it."""
+        size, n = (32, 4) if self.dry else (64, 16)
+        g = cnndsl.compile(ROOT / "specs" / "resnet18.cnn", classes=10, size=size).graph
+        rng = np.random.default_rng(6)
+        x = rng.random((n, size, size, 3), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+        model = Model(g, backend=self.backend, seed=0)
+        model.compile(optimizer="adam", metrics=["accuracy", "top5"])
+        metrics = [(i, fn) for _, i, fn in _metric_fns(model)]
+        model._train_step(x, [y], None, metrics)  # warm-up: kernels compiled
+        backend, to_host = self.backend, self.backend.to_host
+        counted: list[Any] = []
+        strict = None if self.dry else getattr(_cupyx(), "allow_synchronize", None)
+
+        def counting(a: Any) -> np.ndarray:
+            counted.append(getattr(a, "shape", None))
+            if strict is None:
+                return to_host(a)
+            with strict(True):
+                return to_host(a)
+
+        backend.to_host = counting  # type: ignore[method-assign]
+        try:
+            start = time.perf_counter()
+            for _ in range(3):
+                if strict is None:
+                    model._train_step(x, [y], None, metrics)
+                else:
+                    with strict(False):
+                        model._train_step(x, [y], None, metrics)
+            seconds = (time.perf_counter() - start) / 3
+        except Exception as e:  # cupyx.DeviceSynchronized: where the step waited
+            where = traceback.extract_tb(e.__traceback__)
+            inside = [f for f in where if "cnndsl" in f.filename] or where
+            self.fail("transfers", "no other sync", f"{type(e).__name__} at {inside[-1]}")
+            return
+        finally:
+            del backend.to_host  # type: ignore[method-assign]
+        per_step = len(counted) / 3
+        self.record("transfers", f"to_host per step: {per_step:g}", abs(per_step - 1), 0.0, seconds)
+        if strict is None:
+            print("transfers: no cupyx.allow_synchronize here: other syncs not looked for")
+
+
+def _cupyx() -> Any:
+    try:
+        import cupyx
+    except ImportError:
+        return None
+    return cupyx
+
+
+def _metric_fns(model: Model) -> list[tuple[str, int, Any]]:
+    from cnndsl.training.losses import get_metric
+
+    return [(key, i, get_metric(name)) for key, i, name in model._metric_keys()]
+
 
 def relative(got: np.ndarray, want: np.ndarray) -> float:
     """‖got − want‖ / ‖want‖ (absolute where want is all zeros)."""
@@ -331,6 +443,8 @@ CHECKS: dict[str, Callable[[Checks], None]] = {
     "dropout": Checks.dropout,
     "ops": Checks.ops,
     "resnet18": Checks.resnet18,
+    "optimizers": Checks.optimizers,
+    "transfers": Checks.transfers,
 }
 
 

@@ -45,7 +45,7 @@ from cnndsl.training.checkpoint import (
     TrainingInterrupted,
     check_checkpoint_folder,
 )
-from cnndsl.training.distributed import quiet_unless_first
+from cnndsl.training.distributed import first_rank_first, quiet_unless_first
 from cnndsl.training.fit import ShortStatisticsWarning
 from cnndsl.training.guards import LossExplosion, LossExplosionWarning, non_finite_weights
 from cnndsl.training.history import Callback
@@ -364,19 +364,24 @@ def _one_output_data(args: argparse.Namespace, net: Any, classes: int | None, so
     if len(shape) > 1:
         # NOTE: an output [h, w, C] classifies each position: labels [N, h, w], C classes.
         label_shape, classes = shape[:-1], (2 if shape[-1] == 1 else shape[-1])
-    # A named set's first use downloads it: a bar on a terminal.
-    with DownloadBar(quiet=args.quiet or source not in NAMED) as bar:
-        return load_data(
-            source,
-            net.input_shape,
-            classes,
-            test_split=args.test_split,
-            fit=predict.image_fit(net),
-            size_params=size_params(net),
-            progress=bar.update,
-            notify=bar.notice,
-            label_shape=label_shape,
-        )
+
+    # A named set's first use downloads it: a bar on a terminal; under several ranks,
+    # rank 0 alone downloads, and the others then read its cache.
+    def load() -> Any:
+        with DownloadBar(quiet=args.quiet or source not in NAMED) as bar:
+            return load_data(
+                source,
+                net.input_shape,
+                classes,
+                test_split=args.test_split,
+                fit=predict.image_fit(net),
+                size_params=size_params(net),
+                progress=bar.update,
+                notify=bar.notice,
+                label_shape=label_shape,
+            )
+
+    return first_rank_first(load) if source in NAMED else load()
 
 
 def _output_arrays(args: argparse.Namespace, net: Any, model: Any, source: str) -> Any:

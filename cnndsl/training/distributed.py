@@ -4,7 +4,9 @@
 
 Input: the communicator a launcher (mpiexec, srun) started this process in.
 Output: a `Ranks`, which fit and the model use to split each global batch into
-shards, sum gradients, synchronise batchnorm's statistics and reduce metrics.
+shards, sum gradients (`GradientBuckets`: contiguous buckets, each allreduced
+as soon as backward has filled it), synchronise batchnorm's statistics and
+reduce metrics; `first_rank_first` lets rank 0 download a data set first.
 One process (no launcher, or distributed=False) never imports mpi4py.
 
 What keeps N ranks equal to one process (docs/distributed.md): every rank
@@ -22,13 +24,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
 
-from cnndsl.runtime.executor import ModelError
+from cnndsl.runtime.executor import Executor, ModelError, Observer
+from cnndsl.runtime.lower import Plan, Step
 
 if TYPE_CHECKING:
     from cnndsl.training.checkpoint import TrainState
@@ -39,6 +43,25 @@ if TYPE_CHECKING:
 SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
 RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
 INSTALL = "pip install 'cnndsl[mpi]'"
+T = TypeVar("T")
+# Gradient bucket size in MB (10**6 bytes), as PyTorch DDP's bucket_cap_mb (25 by default).
+BUCKET_VARIABLE = "CNNDSL_BUCKET_MB"
+DEFAULT_BUCKET_MB = 25.0
+
+
+def bucket_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """The gradient bucket size: $CNNDSL_BUCKET_MB megabytes, else 25; a clear error if bad."""
+    text = (os.environ if environ is None else environ).get(BUCKET_VARIABLE, "")
+    try:
+        megabytes = float(text) if text.strip() else DEFAULT_BUCKET_MB
+    except ValueError:
+        megabytes = -1.0
+    if not 0 < megabytes < 1e6:
+        raise ModelError(
+            f"{BUCKET_VARIABLE}={text!r}: expected the gradient bucket size in MB,"
+            f" a number above 0 (default {DEFAULT_BUCKET_MB:g})"
+        )
+    return max(1, int(megabytes * 1e6))
 
 
 def launched_ranks() -> int:
@@ -83,6 +106,11 @@ class Ranks:
         self.comm = comm
         self.rank: int = comm.Get_rank()
         self.size: int = comm.Get_size()
+        # NOTE: the gradient buckets' non-blocking allreduces get a communicator of their
+        # own, so they never interleave with batchnorm's blocking ones during backward.
+        self.gradient_comm = comm.Dup()
+        self.bucket_bytes = bucket_bytes()
+        self.mpi_seconds = 0.0  # time spent inside MPI calls (benchmarks/bench_mpi.py)
 
     @property
     def first(self) -> bool:
@@ -99,34 +127,22 @@ class Ranks:
         """The sum over ranks of `values` (an xp array), as a new xp array of the same dtype."""
         host = np.ascontiguousarray(xp.asnumpy(values) if hasattr(xp, "asnumpy") else values)
         host = host.copy() if host is values else host
+        start = time.perf_counter()
         self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
+        self.mpi_seconds += time.perf_counter() - start
         return xp.asarray(host)
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         """The sum over ranks of each of a few numbers (float64)."""
         return [float(v) for v in self.allreduce(np, np.asarray(values, np.float64))]
 
-    def sum_gradients(self, xp: Any, grads: dict[str, Any], extra: Sequence[float]) -> list[float]:
-        """Sum every gradient over ranks in place, in one contiguous buffer; `extra` rides along.
+    def buckets(self, model: Executor, plan: Plan, extra: Sequence[float]) -> GradientBuckets:
+        """An observer of `plan`'s backward that sums its gradients over ranks, bucket by bucket.
 
-        The buffer holds the gradients in key order, then the `extra` numbers
-        (the weighted losses), in the gradients' dtype; returns extra's sums.
+        `extra` (the step's weighted losses) rides in the first bucket; pass the
+        observer to backward, then `finish(grads)` gives extra's sums.
         """
-        keys = sorted(grads)
-        dtype = grads[keys[0]].dtype if keys else np.dtype(np.float32)
-        sizes = [grads[k].size for k in keys]
-        flat = xp.empty(sum(sizes) + len(extra), dtype=dtype)
-        at = 0
-        for key, size in zip(keys, sizes, strict=True):
-            flat[at : at + size] = grads[key].reshape(-1)
-            at += size
-        flat[at:] = xp.asarray(np.asarray(extra, dtype))
-        total = self.allreduce(xp, flat)
-        at = 0
-        for key, size in zip(keys, sizes, strict=True):
-            grads[key][...] = total[at : at + size].reshape(grads[key].shape)
-            at += size
-        return [float(v) for v in total[at:]]
+        return GradientBuckets(self, model, plan, extra)
 
     def share_start(self, model: Model, state: TrainState) -> TrainState:
         """Give every rank rank 0's weights, optimizer state, generators and training state."""
@@ -166,6 +182,82 @@ class Ranks:
         stream.flush()
         self.comm.Abort(1)
         raise SystemExit(1)  # NOTE: Abort does not return; for type checkers
+
+
+class GradientBuckets(Observer):
+    """A step's weight gradients summed over ranks in contiguous buckets, as backward makes them.
+
+    Backward runs the layers in reverse; the updatable weights, in that order,
+    are cut into buckets of about `Ranks.bucket_bytes` (host buffers: a CuPy
+    gradient is copied through the host). As `gradients` sees a bucket's last
+    gradient it starts the bucket's in-place Iallreduce, so the sums travel
+    while backward goes on with earlier layers; `finish` waits for them all and
+    points the gradients at the summed buffers. Each element is summed over
+    ranks as one Allreduce of everything would sum it, so bucketing never
+    changes a result.
+    """
+
+    def __init__(self, ranks: Ranks, model: Executor, plan: Plan, extra: Sequence[float]):
+        self.ranks, self.xp, self.to_host = ranks, model.xp, model.backend.to_host
+        params = model.params
+        keys = [k for step in reversed(plan.steps) for k in step.weight_keys if k in params]
+        keys = [k for k in keys if k in model._updatable]
+        dtype = params[keys[0]].dtype if keys else np.dtype(np.float64)
+        self.where: dict[str, tuple[int, int]] = {}  # key -> (bucket, offset)
+        sizes: list[int] = [len(extra)]  # NOTE: the losses ride at the first bucket's start
+        for key in keys:
+            if sizes[-1] * dtype.itemsize >= ranks.bucket_bytes:
+                sizes.append(0)
+            self.where[key] = (len(sizes) - 1, sizes[-1])
+            sizes[-1] += int(params[key].size)
+        self.buffers = [np.empty(n, dtype) for n in sizes]
+        self.buffers[0][: len(extra)] = extra
+        self.extra = len(extra)
+        self.missing = [0] * len(sizes)
+        for bucket, _ in self.where.values():
+            self.missing[bucket] += 1
+        self.requests: list[Any] = [None] * len(sizes)
+
+    def gradients(
+        self, step: Step, input_grads: Sequence[Any], weight_grads: Mapping[str, Any]
+    ) -> bool:
+        """Copy this layer's weight gradients into their buckets; start each bucket filled."""
+        for name, grad in weight_grads.items():
+            found = self.where.get(f"{step.path}:{name}")
+            if found is None:
+                continue
+            bucket, at = found
+            self.buffers[bucket][at : at + grad.size] = np.asarray(self.to_host(grad)).reshape(-1)
+            self.missing[bucket] -= 1
+            if self.missing[bucket] == 0:
+                self._start(bucket)
+        return False
+
+    def _start(self, bucket: int) -> None:
+        ranks = self.ranks
+        began = time.perf_counter()
+        buffer = self.buffers[bucket]
+        self.requests[bucket] = ranks.gradient_comm.Iallreduce(
+            ranks.mpi.IN_PLACE, buffer, op=ranks.mpi.SUM
+        )
+        # NOTE: Open MPI moves non-blocking collectives on only inside MPI calls: a test
+        # of the ones in flight at each start lets the earlier buckets progress.
+        ranks.mpi.Request.Testall([r for r in self.requests if r is not None])
+        ranks.mpi_seconds += time.perf_counter() - began
+
+    def finish(self, grads: dict[str, Any]) -> list[float]:
+        """Wait for every bucket; grads (backward's) become the sums over ranks; extra's sums."""
+        for bucket, request in enumerate(self.requests):
+            if request is None:  # NOTE: a bucket backward did not fill whole still goes, in order
+                self._start(bucket)
+        began = time.perf_counter()
+        self.ranks.mpi.Request.Waitall(self.requests)
+        self.ranks.mpi_seconds += time.perf_counter() - began
+        for key, grad in grads.items():
+            bucket, at = self.where[key]
+            total = self.buffers[bucket][at : at + grad.size].reshape(grad.shape)
+            grads[key] = self.xp.asarray(total)
+        return [float(v) for v in self.buffers[0][: self.extra]]
 
 
 def _host_state(model: Model) -> dict[str, Any]:
@@ -212,6 +304,30 @@ def _abort_on_uncaught(ranks: Ranks) -> None:
         ranks.abort(error)
 
     sys.excepthook = hook
+
+
+def first_rank_first(work: Callable[[], T]) -> T:
+    """work() on rank 0, then on the other ranks: a download into the cache happens once.
+
+    Under a launcher the other ranks wait (a broadcast) until rank 0's call has
+    filled the cache, then read it. If rank 0's call raises, so does every rank
+    (a ModelError; rank 0 shows the real error). One process: just work().
+    """
+    ranks = join(None)
+    if ranks is None:
+        return work()
+    if ranks.first:
+        try:
+            done = work()
+        except BaseException as e:
+            ranks.comm.bcast(f"{type(e).__name__}: {e}", root=0)
+            raise
+        ranks.comm.bcast(None, root=0)
+        return done
+    problem = ranks.comm.bcast(None, root=0)
+    if problem is not None:
+        raise ModelError(f"rank 0 failed: {problem}")
+    return work()
 
 
 @contextlib.contextmanager
@@ -274,9 +390,11 @@ class ShardedGenerator:
 
 
 __all__ = [
+    "GradientBuckets",
     "Ranks",
     "ShardedGenerator",
     "fail_together",
+    "first_rank_first",
     "join",
     "launched_rank",
     "launched_ranks",

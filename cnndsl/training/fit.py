@@ -325,6 +325,7 @@ def _train_epoch(
     assert order is not None, "fit draws the epoch's order first"
     steps = math.ceil(len(order) / batch_size)
     loss_keys = model._loss_keys()  # each output's own loss, with several
+    metrics = [(i, fn) for _, i, fn in metric_fns]
     start = time.perf_counter()
     for lo in range(state.batch * batch_size, len(order), batch_size):
         b = state.batch
@@ -336,7 +337,7 @@ def _train_epoch(
             xb = np.asarray(x[idx[part]])
         yb = [y_i[idx[part]] for y_i in ys]
         try:
-            value, values, ps = model._train_step(xb, yb, len(idx))
+            value, values, _, found = model._train_step(xb, yb, len(idx), metrics)
         except NonFiniteLoss as e:
             last = saver.latest if saver else None
             raise e.at(state.epoch + 1, b + 1, state.step + 1, last) from None
@@ -344,9 +345,6 @@ def _train_epoch(
         for key, v in [("loss", value), *zip(loss_keys, values, strict=False)]:
             sums[key] = sums.get(key, 0.0) + v * len(idx)
             counts[key] = counts.get(key, 0) + len(idx)
-        ydev = [model._labels(y_i) for y_i in yb]
-        scored = [fn(model.xp, ps[i], ydev[i]) for _, i, fn in metric_fns]
-        found = [float(s) for s, _ in scored] + [float(c) for _, c in scored]
         if ranks is not None and found:
             found = ranks.sum_floats(found)
         for j, (key, _, _) in enumerate(metric_fns):

@@ -78,8 +78,9 @@ def check_memory(model: Model, batch: int, training: bool) -> None:
         return
     slots = len(model.optimizer.slots) if training else 0
     itemsize = model.dtype.itemsize
-    # NOTE: an update on one lane (CuPy) makes temporaries the size of a weight (Adam: g*g,
-    # m/(sqrt(v)+e)); the NumPy backend's lanes update blocks, whose temporaries are small.
+    # NOTE: an unfused update on one lane makes temporaries the size of a weight (Adam: g*g,
+    # m/(sqrt(v)+e)); the NumPy backend's lanes update blocks, whose temporaries are small,
+    # and CuPy's fused updates make none: counted anyway, a margin on the GPU.
     largest_weight = max((s.size for s in model.specs.values()), default=0) * itemsize
     fixed = 2 * largest_weight if training else 0
     # NOTE: the backend's scratch cap (a GPU keeps far larger buffers than the CPU's lanes).
@@ -178,15 +179,67 @@ def _finite(xp: Any, a: Any) -> bool:
     return a is None or bool(xp.isfinite(a).all())
 
 
-def all_finite(xp: Any, value: Any, grads: dict[str, Any]) -> bool:
-    """Whether a loss and every gradient are finite, with one device-to-host transfer."""
+def _finite_probe(xp: Any, value: Any, grads: Mapping[str, Any]) -> Any:
+    """A float64 device scalar, non-finite if the loss or any gradient is (or a sum overflows)."""
     total = xp.asarray(value, dtype=xp.float64)
     for g in grads.values():
         total = total + g.sum()  # NaN or inf anywhere makes the sum non-finite
-    if math.isfinite(float(total)):
-        return True
+    return total
+
+
+def _each_finite(xp: Any, value: Any, grads: Mapping[str, Any]) -> bool:
     # NOTE: a float32 sum of huge finite values can overflow; only then look at every value.
     return _finite(xp, value) and all(_finite(xp, g) for g in grads.values())
+
+
+def all_finite(xp: Any, value: Any, grads: dict[str, Any]) -> bool:
+    """Whether a loss and every gradient are finite, with one device-to-host transfer."""
+    if math.isfinite(float(_finite_probe(xp, value, grads))):
+        return True
+    return _each_finite(xp, value, grads)
+
+
+def host_scalars(backend: Any, values: Sequence[Any]) -> list[float]:
+    """Scalars (device 0-d arrays or host numbers) as floats, in at most one device-to-host copy.
+
+    On a GPU each float() of a device scalar is a transfer that waits for the
+    device: a step's loss, metrics and finite check would wait several times.
+    """
+    xp = backend.xp
+    on_device = [i for i, v in enumerate(values) if not isinstance(v, (int, float))]
+    floats = [float(v) if isinstance(v, (int, float)) else 0.0 for v in values]
+    if on_device:
+        # float64 holds every float32 loss and integer count exactly: the same floats as float().
+        stacked = xp.stack([xp.asarray(values[i], dtype=xp.float64).reshape(()) for i in on_device])
+        for i, host in zip(on_device, backend.to_host(stacked).tolist(), strict=True):
+            floats[i] = host
+    return floats
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """A training step's numbers on the host, fetched from the device together."""
+
+    finite: bool  # the loss and every gradient are finite
+    loss: float  # the weighted total
+    losses: list[float]  # each output's loss
+    metrics: list[float]  # each metric's sum over the batch, then each one's count
+
+
+def step_figures(
+    backend: Any,
+    value: Any,
+    values: Sequence[Any],
+    grads: Mapping[str, Any],
+    scored: Sequence[tuple[Any, Any]],
+) -> StepFigures:
+    """The step's finite check, losses and metric (sum, count) pairs, in one device-to-host copy."""
+    xp = backend.xp
+    probe = _finite_probe(xp, value, grads)
+    sums, counts = [s for s, _ in scored], [c for _, c in scored]
+    host = host_scalars(backend, [probe, value, *values, *sums, *counts])
+    finite = math.isfinite(host[0]) or _each_finite(xp, value, grads)
+    return StepFigures(finite, host[1], host[2 : 2 + len(values)], host[2 + len(values) :])
 
 
 def non_finite_weights(model: Model) -> list[str]:
@@ -354,14 +407,17 @@ __all__ = [
     "LossExplosionWarning",
     "NonFiniteLoss",
     "OutOfMemoryPlan",
+    "StepFigures",
     "all_finite",
     "available_memory",
     "check_memory",
     "check_weights_fit",
+    "host_scalars",
     "non_finite_step",
     "non_finite_weights",
     "parse_size",
     "rng_state",
     "snapshot",
     "set_rng_state",
+    "step_figures",
 ]

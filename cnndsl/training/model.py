@@ -263,16 +263,22 @@ class Model(Executor):
         and the output a list, one per output. A NaN or infinite loss or gradient
         raises NonFiniteLoss and changes nothing.
         """
-        value, _, ps = self._train_step(x, label_list(self.output_names, y))
+        value, _, ps, _ = self._train_step(x, label_list(self.output_names, y))
         return value, ps[0] if len(ps) == 1 else ps
 
     def _train_step(
-        self, x: Any, y: Sequence[Any], global_batch: int | None = None
-    ) -> tuple[float, list[float], list[Array]]:
-        """One optimizer step: (weighted total loss, each output's loss, each output).
+        self,
+        x: Any,
+        y: Sequence[Any],
+        global_batch: int | None = None,
+        metrics: Sequence[tuple[int, Metric]] = (),
+    ) -> tuple[float, list[float], list[Array], list[float]]:
+        """One optimizer step: (weighted total loss, each output's loss, each output, the
+        sum of each (output index, metric) of `metrics` over the batch, then each one's count).
 
         Under data-parallel training (self.ranks), x and y are this rank's shard of a
         global batch of `global_batch` samples, and the step is the global batch's.
+        The numbers come to the host in one transfer (guards.step_figures).
         """
         xb, ys = self._device_batch(x), [self._labels(y_i) for y_i in y]
         before = guards.snapshot(self)  # generator state, moving statistics: to undo a NaN step
@@ -287,19 +293,23 @@ class Model(Executor):
                 # of the global batch, the sum over ranks is the global batch's mean.
                 share = len(xb) / (global_batch or len(xb))
                 out_grads = {o: g * g.dtype.type(share) for o, g in out_grads.items()}
-            grads = self._backward(plan, saved, out_grads)
+                losses = guards.host_scalars(self.backend, [value, *values])
+                # NOTE: each bucket of gradients is summed over ranks as soon as backward fills it.
+                buckets = ranks.buckets(self, plan, [v * share for v in losses])
+            grads = self._backward(plan, saved, out_grads, buckets if ranks is not None else None)
         if ranks is not None:
-            value, *values = ranks.sum_gradients(
-                self.xp, grads, [float(v) * share for v in [value, *values]]
-            )
-        if not guards.all_finite(self.xp, value, grads):
+            value, *values = buckets.finish(grads)
+        scored = [fn(self.xp, ps[i], ys[i]) for i, fn in metrics]
+        figures = guards.step_figures(self.backend, value, values, grads, scored)
+        if not figures.finite:
             labels = ys[0] if len(ys) == 1 else ys
-            raise guards.non_finite_step(self, xb, labels, float(value), before)
-        self.optimizer.step(self.xp, self.params, grads, self.backend.workers)
+            raise guards.non_finite_step(self, xb, labels, figures.loss, before)
+        fused = self.backend.overrides.get("optimizer_update")  # one launch per weight (GPU)
+        self.optimizer.step(self.xp, self.params, grads, self.backend.workers, fused)
         for path, count in self.moving_updates.items():
             if count is not None and path not in self.frozen:  # frozen: inference mode
                 self.moving_updates[path] = count + 1
-        return float(value), [float(v) for v in values], ps
+        return figures.loss, figures.losses, ps, figures.metrics
 
     @contextmanager
     def _sharded(self, global_batch: int | None) -> Iterator[None]:
@@ -433,12 +443,15 @@ class Model(Executor):
                 xb, yb, losses, self.loss_weights, training=False, keep=False
             )
             n = xb.shape[0]
-            for key, v in [("loss", value), *zip(loss_keys, values, strict=False)]:
-                sums[key] += float(v) * n
+            scored = [fn(self.xp, ps[i], yb[i]) for _, i, fn in metric_fns]
+            # NOTE: one device-to-host transfer for the batch's losses and metric sums
+            host = guards.host_scalars(self.backend, [value, *values, *(s for s, _ in scored)])
+            for key, v in [("loss", host[0]), *zip(loss_keys, host[1:], strict=False)]:
+                sums[key] += v * n
                 counts[key] += n
-            for key, i, fn in metric_fns:
-                s, c = fn(self.xp, ps[i], yb[i])
-                sums[key] += float(s)
+            found = host[1 + len(values) :]
+            for (key, _, _), v, (_, c) in zip(metric_fns, found, scored, strict=True):
+                sums[key] += v
                 counts[key] += c
 
     def predict(

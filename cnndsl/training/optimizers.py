@@ -15,7 +15,7 @@ Keras formulas (legacy `decay`: lr_t = lr / (1 + decay · iterations)):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cnndsl.runtime.workers import SERIAL, Workers
@@ -23,6 +23,10 @@ from cnndsl.runtime.workers import SERIAL, Workers
 Array = Any
 
 UPDATE_BLOCK = 1 << 16  # values updated at once: the update's temporaries stay in a core's L2
+
+# A backend's one-launch update: (fused_update's name and scalars, g, w, slots by name),
+# updating w and the slots in place (cnndsl.runtime.backends.cupy_backend).
+FusedUpdate = Callable[[str, tuple[float, ...], Array, Array, dict[str, Array]], None]
 
 
 class OptimizerError(ValueError):
@@ -60,6 +64,7 @@ class Optimizer:
         params: Mapping[str, Array],
         grads: Mapping[str, Array],
         workers: Workers = SERIAL,
+        fused: FusedUpdate | None = None,
     ) -> None:
         """Update params in place from grads, then count the iteration.
 
@@ -68,9 +73,17 @@ class Optimizer:
         value's update is elementwise, so the bits are those of whole-array
         updates, and a block's temporaries stay small where a whole-array
         temporary of VGG-16's first dense kernel is 400 MB. One lane (CuPy)
-        updates whole arrays: one kernel launch per operation and weight.
+        updates whole arrays: one kernel launch per operation and weight,
+        or, given the backend's `fused` update, one launch per weight.
         """
         lr = self.current_lr()
+        if fused is not None:
+            name, scalars = self.fused_update(lr)
+            for key, g in grads.items():
+                w = params[key]
+                fused(name, scalars, g, w, {s: self._slot(xp, s, key, w) for s in self.slots})
+            self.iterations += 1
+            return
         size = UPDATE_BLOCK if workers.lanes > 1 else None
         blocks: list[tuple[Array, Array, dict[str, Array]]] = []
         for key, g in grads.items():
@@ -89,6 +102,10 @@ class Optimizer:
 
     def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
         """Update (a block of) one weight array in place; state: its slots' matching blocks."""
+        raise NotImplementedError
+
+    def fused_update(self, lr: float) -> tuple[str, tuple[float, ...]]:
+        """(name, scalars) of this step's update as one fused kernel (`update` is its reference)."""
         raise NotImplementedError
 
     def _slot(self, xp: Any, slot: str, key: str, w: Array) -> Array:
@@ -150,6 +167,11 @@ class SGD(Optimizer):
         else:
             w += v
 
+    def fused_update(self, lr: float) -> tuple[str, tuple[float, ...]]:
+        if self.momentum == 0:
+            return "sgd", (lr,)
+        return ("sgd_nesterov" if self.nesterov else "sgd_momentum"), (lr, self.momentum)
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with Keras defaults and bias correction folded into lr_t."""
@@ -182,13 +204,21 @@ class Adam(Optimizer):
 
     def update(self, xp: Any, w: Array, g: Array, state: Mapping[str, Array], lr: float) -> None:
         m, v = state["m"], state["v"]
-        t = self.iterations + 1  # counted after the step's updates
-        alpha = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+        alpha = self._alpha(lr)
         m *= self.beta_1
         m += (1 - self.beta_1) * g
         v *= self.beta_2
         v += (1 - self.beta_2) * (g * g)
         w -= alpha * m / (xp.sqrt(v) + self.epsilon)
+
+    def _alpha(self, lr: float) -> float:
+        """The step size with the bias correction of step t folded in."""
+        t = self.iterations + 1  # counted after the step's updates
+        return lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+
+    def fused_update(self, lr: float) -> tuple[str, tuple[float, ...]]:
+        b1, b2 = self.beta_1, self.beta_2
+        return "adam", (self._alpha(lr), b1, 1 - b1, b2, 1 - b2, self.epsilon)
 
 
 class RMSprop(Optimizer):
@@ -214,6 +244,9 @@ class RMSprop(Optimizer):
         a *= self.rho
         a += (1 - self.rho) * (g * g)
         w -= lr * g / (xp.sqrt(a) + self.epsilon)
+
+    def fused_update(self, lr: float) -> tuple[str, tuple[float, ...]]:
+        return "rmsprop", (lr, self.rho, 1 - self.rho, self.epsilon)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}

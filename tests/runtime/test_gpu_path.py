@@ -1,5 +1,6 @@
-"""The GPU path's CPU-checkable parts: NaN semantics of the fused CUDA kernels,
-CuPy's generator state, backend-aware lowering, chunking and the scratch cap.
+"""The GPU path's CPU-checkable parts: NaN semantics of the fused CUDA kernels, the
+fused optimizer updates, CuPy's generator state, backend-aware lowering, chunking
+and the scratch cap.
 
 The fused kernels' sources are run through a small NumPy emulation of CUDA's
 elementwise C (`emulate`): max/min are CUDA's fmax/fmin, which drop a NaN,
@@ -9,8 +10,11 @@ comparisons with NaN are false, `?:` selects per element.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,12 +26,19 @@ from cnndsl.ops.conv import conv_geometry
 from cnndsl.ops.conv_kernels import forward_method, input_grad_method, kernel_grad_method
 from cnndsl.passes.memory import SCRATCH, estimate_memory
 from cnndsl.runtime.backends import Capabilities
-from cnndsl.runtime.backends.cupy_backend import CupyBackend, GpuWorkers, kernel_sources
+from cnndsl.runtime.backends.cupy_backend import (
+    CupyBackend,
+    CupyKernels,
+    GpuWorkers,
+    kernel_sources,
+    optimizer_sources,
+)
 from cnndsl.runtime.backends.numpy_backend import NumpyBackend
 from cnndsl.runtime.lower import lower
 from cnndsl.runtime.workers import Workers
 from cnndsl.training import guards
 from cnndsl.training.model import Model
+from cnndsl.training.optimizers import SGD, Adam, RMSprop
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "ops"))
@@ -129,11 +140,12 @@ class _Expr:
             return float(tok)
         if self.peek() == "(":  # CUDA's float max/min are fmax/fmin: a NaN operand is dropped
             self.take("(")
-            a = self.ternary()
-            self.take(",")
-            b = self.ternary()
+            args = [self.ternary()]
+            while self.peek() == ",":
+                self.take(",")
+                args.append(self.ternary())
             self.take(")")
-            return {"max": np.fmax, "min": np.fmin}[tok](a, b)
+            return {"max": np.fmax, "min": np.fmin, "sqrt": np.sqrt}[tok](*args)
         return self.env[tok]
 
 
@@ -193,6 +205,104 @@ def test_fused_gradients_mask_like_numpy(act: str, kind: str) -> None:
         got = emulate(body, env, np.float32)["dz"]
         want = dy * mask
     np.testing.assert_array_equal(got, want)
+
+
+# ---- the fused optimizer updates ----
+
+
+def _names(params: str) -> list[str]:
+    return [p.split()[-1] for p in params.split(",")]
+
+
+class EmulatedKernel:
+    """cupy.ElementwiseKernel run by `emulate`: inputs, then outputs updated in place; a
+    scalar must come typed as the arrays' T, as CuPy's type placeholder wants it."""
+
+    def __init__(self, ins: str, outs: str, body: str, name: str) -> None:
+        self.ins, self.outs, self.body = _names(ins), _names(outs), body
+
+    def __call__(self, *args: Any) -> None:
+        assert len(args) == len(self.ins) + len(self.outs)
+        dtype = args[-1].dtype
+        for a in args:
+            assert a.dtype == dtype, "every T argument must have the arrays' dtype"
+        env = emulate(self.body, dict(zip(self.ins + self.outs, args, strict=True)), dtype)
+        for name, out in zip(self.outs, args[len(self.ins) :], strict=True):
+            out[...] = env[name]
+
+
+EMULATED_CUPY = SimpleNamespace(ElementwiseKernel=EmulatedKernel)
+
+OPTIMIZER_CASES = {
+    "sgd": lambda: SGD(lr=0.1, decay=0.3),
+    "sgd_momentum": lambda: SGD(lr=0.1, momentum=0.9),
+    "sgd_nesterov": lambda: SGD(lr=0.05, momentum=0.8, nesterov=True, decay=0.1),
+    "adam": lambda: Adam(lr=0.01, decay=0.2),
+    "rmsprop": lambda: RMSprop(lr=0.01, rho=0.8, decay=0.1),
+}
+
+
+def test_every_optimizer_setting_has_a_fused_kernel() -> None:
+    names = {OPTIMIZER_CASES[case]().fused_update(0.1)[0] for case in OPTIMIZER_CASES}
+    assert names == set(OPTIMIZER_CASES)
+    assert {f"update_{n}" for n in names} == set(optimizer_sources())
+    for name, (ins, outs, _) in optimizer_sources().items():
+        opt = OPTIMIZER_CASES[name.removeprefix("update_")]()
+        assert len(_names(ins)) == 1 + len(opt.fused_update(0.1)[1])  # g, then the scalars
+        assert set(_names(outs)) <= {"w", *opt.slots}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(OPTIMIZER_CASES))
+def test_fused_updates_match_the_numpy_optimizers(case: str, dtype: Any) -> None:
+    """Several steps (decay, Adam's bias correction of each step count) from a resumed
+    state, with a NaN and an infinite gradient: the same bits as the NumPy updates."""
+    rng = np.random.default_rng(1)
+    shapes = {"a:kernel": (3, 4, 5), "b:bias": (7,)}
+    start = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    reference, fused = OPTIMIZER_CASES[case](), OPTIMIZER_CASES[case]()
+    for opt in (reference, fused):  # a resumed run: the step count starts at 10
+        opt.iterations = 10
+        for slot in opt.slots:
+            opt.state[slot] = {
+                k: np.abs(rng.normal(size=s)).astype(dtype) for k, s in shapes.items()
+            }
+    fused.state = {slot: {k: v.copy() for k, v in t.items()} for slot, t in reference.state.items()}
+    want = {k: v.copy() for k, v in start.items()}
+    got = {k: v.copy() for k, v in start.items()}
+    update = CupyKernels(EMULATED_CUPY).overrides()["optimizer_update"]
+    for step in range(4):
+        grads = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+        if step == 2:
+            grads["a:kernel"][1, 2, 3], grads["b:bias"][4] = np.nan, np.inf
+        with np.errstate(invalid="ignore"):
+            reference.step(np, want, grads)
+            fused.step(np, got, grads, fused=update)
+    assert fused.iterations == reference.iterations == 14
+    for key in shapes:
+        np.testing.assert_array_equal(got[key], want[key])
+        for slot in reference.slots:
+            np.testing.assert_array_equal(fused.state[slot][key], reference.state[slot][key])
+    assert np.isnan(got["a:kernel"][1, 2, 3]) and not np.isfinite(got["b:bias"][4])
+    assert np.isfinite(np.delete(got["a:kernel"].reshape(-1), 1 * 20 + 2 * 5 + 3)).all()
+
+
+def test_the_stand_in_keeps_the_numpy_updates() -> None:
+    assert "optimizer_update" not in CupyKernels(np).overrides()
+    assert "optimizer_update" not in CupyBackend(xp=np).overrides
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler")
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_optimizer_sources_compile_as_c(ctype: str) -> None:
+    lines = ["#include <math.h>", f"typedef {ctype} T;"]
+    for name, (ins, outs, body) in optimizer_sources().items():
+        lines.append(f"void {name}({ins}, {outs}) {{ {body} }}")
+    done = subprocess.run(
+        ["gcc", "-fsyntax-only", "-Wall", "-Werror", "-x", "c", "-"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 # ---- CuPy's generator state ----

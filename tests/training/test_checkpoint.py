@@ -346,8 +346,8 @@ def test_a_device_generator_without_state_still_checkpoints(tmp_path: Path) -> N
         def __init__(self) -> None:
             self._rng = np.random.default_rng(0)
 
-        def random(self, shape: Any) -> np.ndarray:
-            return self._rng.random(shape)
+        def random(self, shape: Any, dtype: Any = np.float64) -> np.ndarray:
+            return self._rng.random(shape, dtype)
 
     x, y = toy()
     model = build()

@@ -408,3 +408,29 @@ def test_plain_sgd_keeps_no_velocity() -> None:
     opt = SGD(lr=0.1)
     run(opt, [[0.5, 1.0]], [0.0, 0.0])
     assert all(not np.any(v) for v in opt.state_dict()["slots"].values())
+
+
+def test_a_fused_update_gets_each_weight_once_with_the_steps_scalars() -> None:
+    """A backend's one-launch update (cnndsl.runtime.backends.cupy_backend) is called once
+    per weight with its slots; Adam's step size carries the bias correction of each step
+    count and the learning rate its decay. Its values: tests/runtime/test_gpu_path.py."""
+    calls: list[tuple[str, tuple[float, ...], list[str]]] = []
+
+    def fused(name: str, scalars: tuple[float, ...], g: Any, w: Any, slots: dict) -> None:
+        calls.append((name, scalars, sorted(slots)))
+
+    opt = Adam(lr=0.1, decay=0.5)
+    params = {"a": np.zeros(3), "b": np.zeros(2)}
+    opt.step(np, params, {"a": np.ones(3), "b": np.ones(2)}, fused=fused)
+    opt.step(np, params, {"a": np.ones(3)}, fused=fused)
+    assert opt.iterations == 2 and not params["a"].any()  # the fused update alone writes
+    assert [(name, slots) for name, _, slots in calls] == [("adam", ["m", "v"])] * 3
+    alpha_1 = 0.1 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    alpha_2 = 0.1 / 1.5 * math.sqrt(1 - 0.999**2) / (1 - 0.9**2)
+    assert calls[0][1] == pytest.approx((alpha_1, 0.9, 0.1, 0.999, 0.001, 1e-7), rel=1e-15)
+    assert calls[2][1][0] == pytest.approx(alpha_2, rel=1e-15)
+    assert SGD(lr=0.1).fused_update(0.05) == ("sgd", (0.05,))
+    assert SGD(lr=0.1, momentum=0.9).fused_update(0.05) == ("sgd_momentum", (0.05, 0.9))
+    nesterov = SGD(lr=0.1, momentum=0.9, nesterov=True)
+    assert nesterov.fused_update(0.05) == ("sgd_nesterov", (0.05, 0.9))
+    assert RMSprop(rho=0.8).fused_update(0.01) == ("rmsprop", (0.01, 0.8, 1 - 0.8, 1e-7))
