@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from cnndsl.ops.act import activate, activate_backward
@@ -289,8 +290,10 @@ class Conv(ConvLike):
         tiles = _tiles_to_keep(xp, a, geo, x, ctx, method)
         keep = tiles[0] if tiles else None
         workers = workers_of(ctx)
-        # NOTE: a backend may run conv itself (the CuPy backend's cuDNN, method "cudnn").
-        run = (ctx.overrides or {}).get("conv2d_forward", conv2d_forward)
+        # NOTE: a backend may run conv itself (the CuPy backend's cuDNN, method "cudnn"); the
+        # generic kernel looks its Winograd transforms up in the overrides (compiled by Numba).
+        fast = ctx.overrides or {}
+        run = fast.get("conv2d_forward") or partial(conv2d_forward, overrides=fast)
         z = run(xp, x, w["kernel"], w.get("bias"), geo, relu, workers, method, keep)
         if relu:  # applied chunk by chunk; it saves its output, as Relu.forward does
             return z, ConvSaved(x, geo, z, True, tiles)
@@ -316,7 +319,8 @@ class Conv(ConvLike):
         kept = None
         if s.tiles is not None and ctx.cache is not None and ctx.cache.get("owner") is s.tiles[1]:
             kept = s.tiles[0]  # no later forward of this layer has overwritten them
-        run = (ctx.overrides or {}).get("conv2d_backward", conv2d_backward)
+        fast = ctx.overrides or {}
+        run = fast.get("conv2d_backward") or partial(conv2d_backward, overrides=fast)
         dx, dk, db = run(
             xp,
             s.x,
@@ -395,7 +399,8 @@ class DepthwiseConv(ConvLike):
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         geo = conv_geometry(a, x.shape[1:])
-        z = depthwise2d_forward(xp, x, w["kernel"], geo, workers_of(ctx))
+        run = (ctx.overrides or {}).get("depthwise2d_forward", depthwise2d_forward)
+        z = run(xp, x, w["kernel"], geo, workers_of(ctx))
         if "bias" in w:
             z += w["bias"]
         y, act_saved = activate(xp, a.activation, z)
@@ -406,9 +411,8 @@ class DepthwiseConv(ConvLike):
     ) -> Backward:
         s: ConvSaved = saved
         dz = activate_backward(xp, a.activation, s.act, dy)
-        dx, dk = depthwise2d_backward(
-            xp, s.x, dz, w["kernel"], s.geo, ctx.wants_grad(0), workers_of(ctx)
-        )
+        run = (ctx.overrides or {}).get("depthwise2d_backward", depthwise2d_backward)
+        dx, dk = run(xp, s.x, dz, w["kernel"], s.geo, ctx.wants_grad(0), workers_of(ctx))
         grads = {"kernel": dk}
         if "bias" in w:
             grads["bias"] = dz.sum(axis=(0, 1, 2))
@@ -487,7 +491,8 @@ class SeparableConv(ConvLike):
         x = xs[0]
         workers = workers_of(ctx)
         geo = conv_geometry(a, x.shape[1:])
-        t = depthwise2d_forward(xp, x, w["depthwise_kernel"], geo, workers)
+        depthwise = (ctx.overrides or {}).get("depthwise2d_forward", depthwise2d_forward)
+        t = depthwise(xp, x, w["depthwise_kernel"], geo, workers)
         pw = geometry_of(t.shape[1:], (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)))
         z = conv2d_forward(xp, t, w["pointwise_kernel"], w.get("bias"), pw, False, workers)
         y, act_saved = activate(xp, a.activation, z)
@@ -512,7 +517,8 @@ class SeparableConv(ConvLike):
             workers=workers,
         )
         assert dt is not None
-        dx, ddk = depthwise2d_backward(
+        depthwise = (ctx.overrides or {}).get("depthwise2d_backward", depthwise2d_backward)
+        dx, ddk = depthwise(
             xp, dw_saved.x, dt, w["depthwise_kernel"], dw_saved.geo, ctx.wants_grad(0), workers
         )
         grads = {"depthwise_kernel": ddk, "pointwise_kernel": dpk}

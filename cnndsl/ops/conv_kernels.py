@@ -31,6 +31,7 @@ Grouped convolutions (groups > 1) take the plain whole-batch path
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cnndsl.ops import winograd
@@ -271,12 +272,14 @@ def conv2d_forward(
     workers: Workers,
     method: str | None = None,
     keep: Array | None = None,
+    overrides: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Array:
     """z = x ⋆ kernel (+ bias, then relu if asked) for groups = 1; a fresh (N, oh, ow, f) array.
 
     method: forward_method's choice (derived from the shape if not given).
     keep: for a Winograd forward, a buffer of `kept_tiles_size` values that
-    receives x's transformed tiles for conv2d_backward's `kept`.
+    receives x's transformed tiles for conv2d_backward's `kept`. overrides:
+    the backend's, for Winograd's transforms (`winograd.correlate_chunk`).
     """
     n = x.shape[0]
     fh, fw, c, f = kernel.shape
@@ -291,12 +294,14 @@ def conv2d_forward(
     def run(lane: int, chunk: tuple[int, int]) -> None:
         n0, n1 = chunk
         out = z2[n0 * oh * ow : n1 * oh * ow]
-        if u is not None:
+        if u is not None:  # bias and relu are applied as the tiles are written out
             tiles = _kept_chunk(keep, geo, n0, n1)
-            winograd.correlate_chunk(xp, workers, lane, x[n0:n1], geo.pads, u, z[n0:n1], tiles)
-        else:
-            a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
-            xp.matmul(a, wmat, out=out)
+            winograd.correlate_chunk(
+                xp, workers, lane, x[n0:n1], geo.pads, u, z[n0:n1], tiles, bias, relu, overrides
+            )
+            return
+        a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
+        xp.matmul(a, wmat, out=out)
         if bias is not None:
             out += bias
         if relu:
@@ -321,6 +326,7 @@ def conv2d_backward(
     workers: Workers,
     kernel_method: str | None = None,
     kept: Array | None = None,
+    overrides: Mapping[str, Callable[..., Any]] | None = None,
 ) -> tuple[Array | None, Array, Array | None]:
     """(dx or None, dkernel, dbias or None) of conv2d_forward for groups = 1.
 
@@ -329,7 +335,7 @@ def conv2d_backward(
     input_grad_method's choice ("gemm" for 1×1 convs), kernel_method
     kernel_grad_method's (derived from the shape if not given). kept: x's
     transformed tiles as conv2d_forward's `keep` left them, for a Winograd
-    kernel gradient (made again per chunk if None).
+    kernel gradient (made again per chunk if None). overrides: as conv2d_forward's.
     """
     n = x.shape[0]
     fh, fw, c, f = kernel.shape
@@ -383,7 +389,9 @@ def conv2d_backward(
             dz4 = dz.reshape(n1 - n0, oh, ow, f)
             part = dk_part.reshape(fh * fw, c * f)
             tiles = _kept_chunk(kept, geo, n0, n1)
-            winograd.kernel_grad_chunk(xp, workers, lane, x[n0:n1], geo.pads, dz4, part, tiles)
+            winograd.kernel_grad_chunk(
+                xp, workers, lane, x[n0:n1], geo.pads, dz4, part, tiles, overrides
+            )
         else:
             a = _gemm_rows(xp, workers, lane, x, n0, n1, geo)
             xp.matmul(a.T, dz, out=dk_part)
@@ -395,7 +403,9 @@ def conv2d_backward(
             _pointwise_dx(xp, dz, wmat, dx, n0, n1, geo)
         elif full is not None and ufull is not None:
             dz4 = dz.reshape(n1 - n0, oh, ow, f)
-            winograd.correlate_chunk(xp, workers, lane, dz4, full.pads, ufull, dx[n0:n1])
+            winograd.correlate_chunk(
+                xp, workers, lane, dz4, full.pads, ufull, dx[n0:n1], overrides=overrides
+            )
         elif full is not None and wfull is not None:
             dzpad = padded_chunk(
                 xp, workers, lane, "dzpad", dz.reshape(n1 - n0, oh, ow, f), 0, n1 - n0, full.pads

@@ -5,7 +5,7 @@ All keep the input shape and work along the last (channel) axis.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,10 @@ class BatchNorm(Op):
     Attrs: momentum=0.99, epsilon=0.001, center=true (beta), scale=true (gamma).
     Lowering may add activation=relu|relu6 when that activation is the only
     reader (`cnndsl.runtime.lower`): the kernel then applies it while the data is hot.
-    The three elementwise passes (affine, gradient sums, dx) are the generic
-    chunked kernels below unless ctx.overrides holds a backend's version under
-    "batchnorm_affine", "batchnorm_dz_sums" or "batchnorm_dx" (same signature).
+    The chunked passes (batch sums, affine, gradient sums, dx) are the generic
+    kernels below unless ctx.overrides holds a backend's version under
+    "batchnorm_shifted_sums", "batchnorm_affine", "batchnorm_dz_sums" or
+    "batchnorm_dx" (same signature).
     Weights: gamma [C] (if scale), beta [C] (if center), moving_mean [C],
     moving_variance [C] (the last two not trainable).
     """
@@ -115,8 +116,10 @@ class BatchNorm(Op):
         x = xs[0]
         act = a.get("activation", "none")
         workers = workers_of(ctx)
+        fast = ctx.overrides or {}
         if ctx.training:
-            mean, var = batch_moments(xp, x, workers, ctx.allreduce)
+            sums = fast.get("batchnorm_shifted_sums", shifted_sums)
+            mean, var = batch_moments(xp, x, workers, ctx.allreduce, sums)
             for name, batch in (("moving_mean", mean), ("moving_variance", var)):
                 w[name][...] = a.momentum * w[name] + (1 - a.momentum) * batch
         else:
@@ -126,7 +129,7 @@ class BatchNorm(Op):
         shift = -mean * scale
         if "beta" in w:
             shift = shift + w["beta"]
-        kernel = (ctx.overrides or {}).get("batchnorm_affine", affine)
+        kernel = fast.get("batchnorm_affine", affine)
         y = kernel(xp, x, scale.astype(x.dtype), shift.astype(x.dtype), act, workers)
         saved = BatchNormSaved(x, mean.astype(x.dtype), inv.astype(x.dtype),
                                y if act != "none" else None, ctx.training)  # fmt: skip
@@ -204,14 +207,33 @@ def _row_chunks(workers: Workers, x: Array, per_sample: int) -> list[tuple[int, 
 
 
 def batch_moments(
-    xp: Any, x: Array, workers: Workers, allreduce: Any = None
+    xp: Any,
+    x: Array,
+    workers: Workers,
+    allreduce: Any = None,
+    sums: Callable[..., tuple[Array, Array]] | None = None,
 ) -> tuple[Array, Array]:
     """Per-channel mean and biased variance over every axis but the last.
 
-    One pass, shifted by the first sample's values so that
-    E[(x − x0)²] − E[x − x0]² loses little to cancellation; chunk sums
-    are added in float64 in chunk order. With `allreduce` (a sum over ranks),
-    the moments of the global batch (`_global_moments`).
+    From the shifted sums of `sums` (`shifted_sums` unless a backend's):
+    E[(x − x0)²] − E[x − x0]² loses little to cancellation. With `allreduce`
+    (a sum over ranks), the moments of the global batch (`_global_moments`).
+    """
+    total, x0 = (sums or shifted_sums)(xp, x, workers)
+    rows = x.size // x.shape[-1] if x.shape[-1] else 0
+    if allreduce is not None:
+        return _global_moments(xp, total, x0, rows, allreduce, x.dtype)
+    total = total / max(rows, 1)
+    shifted_mean, square = total[0], total[1]
+    var = xp.maximum(square - shifted_mean * shifted_mean, 0)
+    return (shifted_mean + x0).astype(x.dtype), var.astype(x.dtype)
+
+
+def shifted_sums(xp: Any, x: Array, workers: Workers) -> tuple[Array, Array]:
+    """(Σ (x − x0), Σ (x − x0)²) per channel as (2, C) in float64, and the shift x0.
+
+    One pass, shifted by the first sample's values; chunk sums are added in
+    float64 in chunk order.
     """
     x2, per = _rows(x)
     chunks = _row_chunks(workers, x, per)
@@ -228,12 +250,7 @@ def batch_moments(
         parts[i, 1] = workers.colsum(xp, d)
 
     workers.each(chunks, run)
-    if allreduce is not None:
-        return _global_moments(xp, parts.sum(axis=0), x0, x2.shape[0], allreduce, x.dtype)
-    total = parts.sum(axis=0) / max(x2.shape[0], 1)
-    shifted_mean, square = total[0], total[1]
-    var = xp.maximum(square - shifted_mean * shifted_mean, 0)
-    return (shifted_mean + x0).astype(x.dtype), var.astype(x.dtype)
+    return parts.sum(axis=0), x0
 
 
 def _global_moments(
@@ -468,7 +485,9 @@ class Dropout(Op):
             return x, None
         # NOTE: without an rng from the executor, a fresh unseeded one (not reproducible).
         rng = ctx.rng if ctx.rng is not None else xp.random.default_rng()
-        mask = (rng.random(x.shape) >= a.rate).astype(x.dtype) * (1 / (1 - a.rate))
+        # NOTE: drawn in the compute dtype: a float32 model makes and moves half the bits.
+        u = rng.random(x.shape, dtype=xp.float32 if x.dtype == xp.float32 else xp.float64)
+        mask = (u >= a.rate).astype(x.dtype) * (1 / (1 - a.rate))
         return x * mask, mask
 
     def backward(

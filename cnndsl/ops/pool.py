@@ -81,11 +81,6 @@ class WindowPool(Op):
         """The geometry the kernels run: windows cut to the rows and columns they read."""
         return self.geometry(a, x).reading()
 
-    @staticmethod
-    def offsets(geo: Geometry) -> list[tuple[int, int]]:
-        """Every (u, v) offset inside the window, row-major (PyTorch's scan order)."""
-        return [(u, v) for u in range(geo.kernel[0]) for v in range(geo.kernel[1])]
-
 
 @register
 class MaxPool(WindowPool):
@@ -117,23 +112,8 @@ class MaxPool(WindowPool):
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         geo = self.kernel_geometry(a, x.shape[1:])
-        p, out = geo.pads, geo.out
-        y = xp.empty((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
-        offsets = self.offsets(geo)
-        workers = workers_of(ctx)
-
-        def run(lane: int, chunk: tuple[int, int]) -> None:
-            n0, n1 = chunk
-            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, p, -float("inf"))
-            taps = [tap(src, u, v, a.stride, NODIL, out) for u, v in offsets]
-            if len(taps) == 1:
-                y[n0:n1] = taps[0]
-                return
-            xp.maximum(taps[0], taps[1], out=y[n0:n1])
-            for t in taps[2:]:
-                xp.maximum(y[n0:n1], t, out=y[n0:n1])
-
-        workers.each(_pool_chunks(workers, x, geo), run)
+        run = (ctx.overrides or {}).get("maxpool2d_forward", maxpool2d_forward)
+        y = run(xp, x, geo, workers_of(ctx))
         # NOTE: x and y are alive anyway (the producer's and the next layer's
         # saved values, usually), so saving them costs less than an argmax array.
         return y, (x, y, geo)
@@ -144,51 +124,88 @@ class MaxPool(WindowPool):
         if not ctx.wants_grad(0):
             return [None], {}
         x, y, geo = saved
-        out = geo.out
-        dx = xp.empty(x.shape, dtype=dy.dtype)
-        offsets = self.offsets(geo)
-        workers = workers_of(ctx)
-        p = geo.pads
-        # Windows that tile the padded input exactly (2×2/2 on an even map, say).
-        tiled = geo.kernel == a.stride and geo.unread == (0, 0)
+        run = (ctx.overrides or {}).get("maxpool2d_backward", maxpool2d_backward)
+        return [run(xp, x, y, dy, geo, workers_of(ctx))], {}
 
-        def run(lane: int, chunk: tuple[int, int]) -> None:
-            n0, n1 = chunk
-            src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, p, -float("inf"))
-            hp, wp = geo.padded
-            nb, c = n1 - n0, x.shape[3]
-            target = (
-                dx[n0:n1] if p == NOPAD
-                else workers.scratch(xp, lane, "dxpad", (nb, hp, wp, c), dy.dtype)
-            )  # fmt: skip
-            if tiled:
-                _tiled_max_grad(xp, workers, lane, src, y[n0:n1], dy[n0:n1], target, geo.kernel)
-                if p != NOPAD:
-                    dx[n0:n1] = unpad2d(target, p)
-                return
-            target[...] = 0
-            shape = (nb, *out, c)
-            hit = workers.scratch(xp, lane, "hit", shape, bool)
-            taken = workers.scratch(xp, lane, "taken", shape, bool)
-            val = workers.scratch(xp, lane, "val", shape, dy.dtype)
-            yc, d = y[n0:n1], dy[n0:n1]
-            for k, (u, v) in enumerate(offsets):
-                # The first maximum in row-major order takes the gradient.
-                xp.equal(tap(src, u, v, a.stride, NODIL, out), yc, out=hit)
-                if k:
-                    xp.greater(hit, taken, out=hit)  # hit and not taken
-                if k == 0:
-                    xp.copyto(taken, hit)
-                elif k < len(offsets) - 1:
-                    xp.logical_or(taken, hit, out=taken)
-                xp.multiply(d, hit, out=val)
-                spot = tap(target, u, v, a.stride, NODIL, out)
-                spot += val
+
+def window_offsets(geo: Geometry) -> list[tuple[int, int]]:
+    """Every (u, v) offset inside the window, row-major (PyTorch's scan order)."""
+    return [(u, v) for u in range(geo.kernel[0]) for v in range(geo.kernel[1])]
+
+
+def maxpool2d_forward(xp: Any, x: Array, geo: Geometry, workers: Any) -> Array:
+    """Max over every window of x (N, h, w, c) -> (N, oh, ow, c); padding is −inf."""
+    p, out, stride = geo.pads, geo.out, geo.stride
+    y = xp.empty((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
+    offsets = window_offsets(geo)
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        n0, n1 = chunk
+        src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, p, -float("inf"))
+        taps = [tap(src, u, v, stride, NODIL, out) for u, v in offsets]
+        if len(taps) == 1:
+            y[n0:n1] = taps[0]
+            return
+        xp.maximum(taps[0], taps[1], out=y[n0:n1])
+        for t in taps[2:]:
+            xp.maximum(y[n0:n1], t, out=y[n0:n1])
+
+    workers.each(_pool_chunks(workers, x, geo), run)
+    return y
+
+
+def maxpool2d_backward(
+    xp: Any, x: Array, y: Array, dy: Array, geo: Geometry, workers: Any
+) -> Array:
+    """dx of maxpool2d_forward: each window's dy goes to its first maximum in row-major order.
+
+    Every pixel of a window receives dy·hit (hit 0 or 1), so a NaN or infinite
+    dy reaches the whole window, and a window whose maximum is NaN (no pixel
+    equals it) gives its pixels dy·0.
+    """
+    out, stride, p = geo.out, geo.stride, geo.pads
+    dx = xp.empty(x.shape, dtype=dy.dtype)
+    offsets = window_offsets(geo)
+    # Windows that tile the padded input exactly (2×2/2 on an even map, say).
+    tiled = geo.kernel == stride and geo.unread == (0, 0)
+
+    def run(lane: int, chunk: tuple[int, int]) -> None:
+        n0, n1 = chunk
+        src = padded_chunk(xp, workers, lane, "xpad", x, n0, n1, p, -float("inf"))
+        hp, wp = geo.padded
+        nb, c = n1 - n0, x.shape[3]
+        target = (
+            dx[n0:n1] if p == NOPAD
+            else workers.scratch(xp, lane, "dxpad", (nb, hp, wp, c), dy.dtype)
+        )  # fmt: skip
+        if tiled:
+            _tiled_max_grad(xp, workers, lane, src, y[n0:n1], dy[n0:n1], target, geo.kernel)
             if p != NOPAD:
                 dx[n0:n1] = unpad2d(target, p)
+            return
+        target[...] = 0
+        shape = (nb, *out, c)
+        hit = workers.scratch(xp, lane, "hit", shape, bool)
+        taken = workers.scratch(xp, lane, "taken", shape, bool)
+        val = workers.scratch(xp, lane, "val", shape, dy.dtype)
+        yc, d = y[n0:n1], dy[n0:n1]
+        for k, (u, v) in enumerate(offsets):
+            # The first maximum in row-major order takes the gradient.
+            xp.equal(tap(src, u, v, stride, NODIL, out), yc, out=hit)
+            if k:
+                xp.greater(hit, taken, out=hit)  # hit and not taken
+            if k == 0:
+                xp.copyto(taken, hit)
+            elif k < len(offsets) - 1:
+                xp.logical_or(taken, hit, out=taken)
+            xp.multiply(d, hit, out=val)
+            spot = tap(target, u, v, stride, NODIL, out)
+            spot += val
+        if p != NOPAD:
+            dx[n0:n1] = unpad2d(target, p)
 
-        workers.each(_pool_chunks(workers, x, geo), run)
-        return [dx], {}
+    workers.each(_pool_chunks(workers, x, geo), run)
+    return dx
 
 
 def _tiled_max_grad(
@@ -253,19 +270,12 @@ class AvgPool(WindowPool):
     def forward(self, xp: Any, a: Attrs, xs: list[Array], w: Weights, ctx: Context) -> Forward:
         x = xs[0]
         geo = self.kernel_geometry(a, x.shape[1:])
-        p, out = geo.pads, geo.out
-        xpad = pad2d(xp, x, p)
-        total = None
-        for u, v in self.offsets(geo):
-            t = tap(xpad, u, v, a.stride, NODIL, out)
-            total = t.copy() if total is None else total + t
-        count: Any = geo.kernel[0] * geo.kernel[1]
-        if a.padding == "same" and p != NOPAD:
-            # Real pixels per window: the same window sums over a mask of ones.
-            mask = xp.zeros((1, *xpad.shape[1:3], 1), dtype=x.dtype)
-            mask[:, p[0][0] : p[0][0] + x.shape[1], p[1][0] : p[1][0] + x.shape[2]] = 1
-            count = sum(tap(mask, u, v, a.stride, NODIL, out) for u, v in self.offsets(geo))
-        return total / count, (count, xpad.shape, geo)
+        # NOTE: the divisor is the whole window's size, fh·fw, even where the
+        # kernel geometry cuts off padding that no window needs (a 3×3/3 pool
+        # with padding 1 on a 1×1 map reads one pixel and divides it by 9).
+        divisor = None if a.padding == "same" else a.size[0] * a.size[1]
+        run = (ctx.overrides or {}).get("avgpool2d_forward", avgpool2d_forward)
+        return run(xp, x, geo, divisor, workers_of(ctx)), (geo, divisor)
 
     def fresh_output(self, a: Attrs) -> bool:
         return True
@@ -275,12 +285,52 @@ class AvgPool(WindowPool):
     ) -> Backward:
         if not ctx.wants_grad(0):
             return [None], {}
-        count, padded_shape, geo = saved
-        g = dy / count
-        dxpad = xp.zeros(padded_shape, dtype=dy.dtype)
-        for u, v in self.offsets(geo):
-            tap(dxpad, u, v, a.stride, NODIL, geo.out)[...] += g
-        return [unpad2d(dxpad, geo.pads)], {}
+        geo, divisor = saved
+        run = (ctx.overrides or {}).get("avgpool2d_backward", avgpool2d_backward)
+        return [run(xp, dy, geo, divisor, workers_of(ctx))], {}
+
+
+def window_counts(xp: Any, geo: Geometry, divisor: int | None, dtype: Any) -> Any:
+    """The divisor of each window's mean: `divisor`, or (None) the real pixels it holds.
+
+    An int, or an (1, oh, ow, 1) array where windows overlap `same` padding.
+    """
+    p, out = geo.pads, geo.out
+    if divisor is not None:
+        return divisor
+    if p == NOPAD:
+        return geo.kernel[0] * geo.kernel[1]
+    # Real pixels per window: the same window sums over a mask of ones.
+    mask = xp.zeros((1, *geo.padded, 1), dtype=dtype)
+    mask[:, p[0][0] : p[0][0] + geo.size[0], p[1][0] : p[1][0] + geo.size[1]] = 1
+    return sum(tap(mask, u, v, geo.stride, NODIL, out) for u, v in window_offsets(geo))
+
+
+def avgpool2d_forward(xp: Any, x: Array, geo: Geometry, divisor: int | None, workers: Any) -> Array:
+    """Mean over every window of x (N, h, w, c) -> (N, oh, ow, c).
+
+    divisor: every window's (explicit padding counts, as PyTorch's
+    count_include_pad), or None: the real pixels of each (`same`, as Keras).
+    """
+    xpad = pad2d(xp, x, geo.pads)
+    total = None
+    for u, v in window_offsets(geo):
+        t = tap(xpad, u, v, geo.stride, NODIL, geo.out)
+        total = t.copy() if total is None else total + t
+    if total is None:  # windows of padding alone (padding 2 around a 1×1 window)
+        total = xp.zeros((x.shape[0], *geo.out, x.shape[3]), dtype=x.dtype)
+    return total / window_counts(xp, geo, divisor, x.dtype)
+
+
+def avgpool2d_backward(
+    xp: Any, dy: Array, geo: Geometry, divisor: int | None, workers: Any
+) -> Array:
+    """dx of avgpool2d_forward: each window's dy / count added to its pixels in offset order."""
+    g = dy / window_counts(xp, geo, divisor, dy.dtype)
+    dxpad = xp.zeros((dy.shape[0], *geo.padded, geo.channels), dtype=dy.dtype)
+    for u, v in window_offsets(geo):
+        tap(dxpad, u, v, geo.stride, NODIL, geo.out)[...] += g
+    return unpad2d(dxpad, geo.pads)
 
 
 class GlobalPool(Op):

@@ -21,10 +21,16 @@ F(2×2, 3×3), 1e-7 for im2col), as in cuDNN's and oneDNN's Winograd kernels.
 The same routine gives the input gradient of a stride-1 3×3 convolution: dx
 is the correlation of dz, padded, with the flipped, transposed kernel. Which
 layers use it is `conv_kernels.winograd_fits`.
+
+A backend may replace the three transforms with the copies around them
+(`input_tiles`, `output_tiles`, `grad_tiles`) through its overrides; the
+NumPy backend's, compiled by Numba, make one pass each over memory
+(`cnndsl.runtime.backends.numba_kernels.winograd`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -144,12 +150,17 @@ def correlate_chunk(
     u: Array,
     out: Array,
     keep: Array | None = None,
+    bias: Array | None = None,
+    relu: bool = False,
+    overrides: Mapping[str, Callable[..., Any]] | None = None,
 ) -> None:
     """out (nb, oh, ow, f) = zero-padded src (nb, h, w, c) ⋆ the kernel whose transform is u.
 
     out's spatial size must be the padded size minus 2 (a 3×3 stride-1 window).
     keep: where to leave src's transformed tiles (36, tiles·c) for the kernel
-    gradient (`kernel_grad_chunk`'s tiles) instead of in scratch.
+    gradient (`kernel_grad_chunk`'s tiles) instead of in scratch. bias and
+    relu are applied as the tiles are written out. overrides: a backend's
+    versions of the transforms ("winograd_input_tiles", "winograd_output_tiles").
     """
     nb, h, w, c = src.shape
     f = u.shape[2]
@@ -159,21 +170,46 @@ def correlate_chunk(
     th, tw = tiles((oh, ow))
     count = nb * th * tw
     taps = SPAN * SPAN
-    v = _input_tiles(xp, workers, lane, src, pads, (th, tw), keep)
+    fast = overrides or {}
+    gather = fast.get("winograd_input_tiles", input_tiles)
+    v = gather(xp, workers, lane, src, pads, (th, tw), keep)
 
     m = workers.scratch(xp, lane, "wino_m", (taps, count, f), out.dtype)
     xp.matmul(v.reshape(taps, count, c), u, out=m)
+    scatter = fast.get("winograd_output_tiles", output_tiles)
+    scatter(xp, workers, lane, m, out, bias, relu)
 
+
+def output_tiles(
+    xp: Any,
+    workers: Workers,
+    lane: int,
+    m: Array,
+    out: Array,
+    bias: Array | None = None,
+    relu: bool = False,
+) -> None:
+    """Aᵀ M A for every tile of the products m (36, tiles, f), cropped into out (nb, oh, ow, f).
+
+    Then out += bias and relu, where given.
+    """
+    nb, oh, ow, f = out.shape
+    th, tw = tiles((oh, ow))
+    count = nb * th * tw
     y = workers.scratch(xp, lane, "wino_y", (TILE * TILE, count * f), out.dtype)
-    xp.matmul(_constant(xp, "A", out.dtype), m.reshape(taps, count * f), out=y)
+    xp.matmul(_constant(xp, "A", out.dtype), m.reshape(SPAN * SPAN, count * f), out=y)
     y6 = y.reshape(TILE, TILE, nb, th, tw, f)
     for i in range(TILE):
         for j in range(TILE):
             part = out[:, i::TILE, j::TILE]
             part[...] = y6[i, j, :, : part.shape[1], : part.shape[2]]
+    if bias is not None:
+        out += bias
+    if relu:
+        xp.maximum(out, 0, out=out)
 
 
-def _input_tiles(
+def input_tiles(
     xp: Any,
     workers: Workers,
     lane: int,
@@ -220,36 +256,51 @@ def kernel_grad_chunk(
     dz: Array,
     out: Array,
     kept: Array | None = None,
+    overrides: Mapping[str, Callable[..., Any]] | None = None,
 ) -> None:
     """out (9, c·f) = Σ over the chunk of zero-padded src (nb, h, w, c) ⋆ dz (nb, oh, ow, f).
 
     The 3×3 stride-1 weight gradient, tap-major ((3, 3, c, f) flattened): one
     GEMM of (c, tiles)·(tiles, f) per transform point, summed over the tiles.
     kept: src's transformed tiles as the forward pass left them
-    (`correlate_chunk`'s keep); they are made again if None.
+    (`correlate_chunk`'s keep); they are made again if None. overrides: a
+    backend's transforms ("winograd_input_tiles", "winograd_grad_tiles").
     """
     nb, oh, ow, f = dz.shape
     c = src.shape[3]
     th, tw = tiles((oh, ow))
     count = nb * th * tw
     taps = SPAN * SPAN
-    v = kept if kept is not None else _input_tiles(xp, workers, lane, src, pads, (th, tw))
-
-    if (TILE * th, TILE * tw) == (oh, ow):
-        grid = dz
-    else:  # overhanging tiles read zeros: they add nothing to the sums
-        grid = workers.scratch(xp, lane, "wino_dzpad", (nb, TILE * th, TILE * tw, f), dz.dtype)
-        grid[...] = 0
-        grid[:, :oh, :ow] = dz
-    e = workers.scratch(xp, lane, "wino_e", (TILE * TILE, count * f), dz.dtype)
-    tiles6 = grid.reshape(nb, th, TILE, tw, TILE, f).transpose(2, 4, 0, 1, 3, 5)
-    xp.copyto(e.reshape(TILE, TILE, nb, th, tw, f), tiles6)
-    et = workers.scratch(xp, lane, "wino_et", (taps, count * f), dz.dtype)
-    xp.matmul(_constant(xp, "dA", dz.dtype), e, out=et)
+    fast = overrides or {}
+    if kept is not None:
+        v = kept
+    else:
+        v = fast.get("winograd_input_tiles", input_tiles)(xp, workers, lane, src, pads, (th, tw))
+    et = fast.get("winograd_grad_tiles", grad_tiles)(xp, workers, lane, dz, (th, tw))
 
     m = workers.scratch(xp, lane, "wino_dm", (taps, c, f), out.dtype)
     xp.matmul(v.reshape(taps, count, c).transpose(0, 2, 1), et.reshape(taps, count, f), out=m)
     xp.matmul(_constant(xp, "dG", out.dtype), m.reshape(taps, c * f), out=out)
+
+
+def grad_tiles(xp: Any, workers: Workers, lane: int, dz: Array, grid: tuple[int, int]) -> Array:
+    """A e Aᵀ for every TILE×TILE tile e of dz (nb, oh, ow, f), zeros past it: (36, tiles·f)."""
+    nb, oh, ow, f = dz.shape
+    th, tw = grid
+    count = nb * th * tw
+    if (TILE * th, TILE * tw) == (oh, ow):
+        padded_dz = dz
+    else:  # overhanging tiles read zeros: they add nothing to the sums
+        shape = (nb, TILE * th, TILE * tw, f)
+        padded_dz = workers.scratch(xp, lane, "wino_dzpad", shape, dz.dtype)
+        padded_dz[...] = 0
+        padded_dz[:, :oh, :ow] = dz
+    e = workers.scratch(xp, lane, "wino_e", (TILE * TILE, count * f), dz.dtype)
+    tiles6 = padded_dz.reshape(nb, th, TILE, tw, TILE, f).transpose(2, 4, 0, 1, 3, 5)
+    xp.copyto(e.reshape(TILE, TILE, nb, th, tw, f), tiles6)
+    et = workers.scratch(xp, lane, "wino_et", (SPAN * SPAN, count * f), dz.dtype)
+    xp.matmul(_constant(xp, "dA", dz.dtype), e, out=et)
+    return et
 
 
 __all__ = [
@@ -261,7 +312,10 @@ __all__ = [
     "SPAN",
     "TILE",
     "correlate_chunk",
+    "grad_tiles",
+    "input_tiles",
     "kernel_grad_chunk",
+    "output_tiles",
     "tiles",
     "transform_kernel",
 ]

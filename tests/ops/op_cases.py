@@ -37,11 +37,12 @@ class Case:
     distinct: bool = False  # inputs far apart (max pools: no ties, stable argmax)
     batch: int = BATCH
     note: str = ""
+    lowered: dict[str, Any] = field(default_factory=dict)  # attrs lowering adds (activation=)
 
     @property
     def attrs(self) -> Attrs:
-        """The bound attributes."""
-        return OPS[self.op].bind(*self.args, **self.kw)
+        """The bound attributes, with those lowering adds."""
+        return OPS[self.op].bind(*self.args, **self.kw).replace(**self.lowered)
 
     @property
     def id(self) -> str:
@@ -50,12 +51,14 @@ class Case:
 
 
 def _c(op: str, inputs: Shape | tuple[Shape, ...], *args: Any, **kw: Any) -> Case:
-    opts = {k: kw.pop(k) for k in ("training", "scale", "distinct", "batch", "note") if k in kw}
+    keys = ("training", "scale", "distinct", "batch", "note", "lowered")
+    opts = {k: kw.pop(k) for k in keys if k in kw}
     shapes = (inputs,) if isinstance(inputs[0], int) else inputs
     return Case(op, shapes, args, kw, **opts)  # type: ignore[arg-type]
 
 
 _ACT = {"scale": 3.0}
+_WINOGRAD = {"forward": "winograd", "input_grad": "winograd", "kernel_grad": "winograd"}
 CASES: dict[str, list[Case]] = {
     "conv": [
         _c("conv", (5, 5, 3), 4, 3, note="valid"),
@@ -76,6 +79,19 @@ CASES: dict[str, list[Case]] = {
         _c("conv", (5, 5, 3), 2, 1, 2, bias=False, note="1x1-s2"),
         _c("conv", (4, 4, 3), 2, 1, activation="gelu", note="1x1"),
         _c("conv", (4, 4, 4), 4, 1, groups=4, note="1x1-groups"),
+        # Winograd F(4×4, 3×3) for forward, dx and dW (lowering picks it for 32+ channels)
+        # on maps that are no multiple of 4: edge tiles overhang, in part or whole rows.
+        _c(
+            "conv",
+            (6, 7, 3),
+            4,
+            3,
+            padding="same",
+            activation="relu",
+            lowered=_WINOGRAD,
+            note="winograd",
+        ),
+        _c("conv", (9, 6, 2), 3, 3, bias=False, lowered=_WINOGRAD, note="winograd-valid"),
     ],
     "depthwise_conv": [
         _c("depthwise_conv", (5, 5, 3), 3, depth_multiplier=2, padding="same", note="same-m2"),
@@ -113,6 +129,8 @@ CASES: dict[str, list[Case]] = {
         _c("avgpool", (5, 5, 2), 3, 1, padding="same", note="same-s1"),
         _c("avgpool", (5, 5, 2), 3, 2, padding=1, note="pad1"),
         _c("avgpool", (5, 6, 2), (2, 3), (1, 2), note="rect"),
+        # One 3×3 window over a 1×2 map: the kernel reads 1×2 pixels, divides by 9.
+        _c("avgpool", (1, 2, 2), 3, 3, padding=1, note="cut-window"),
     ],
     "global_avgpool": [_c("global_avgpool", (4, 5, 3))],
     "global_maxpool": [_c("global_maxpool", (4, 5, 3), distinct=True)],
@@ -122,6 +140,11 @@ CASES: dict[str, list[Case]] = {
         _c("batchnorm", (5,), training=True, batch=4, note="vector-train"),
         _c("batchnorm", (3, 3, 2), center=False, scale=False, training=True, note="plain"),
         _c("batchnorm", (3, 3, 2), momentum=0.9, epsilon=0.01, scale=False, note="infer-beta"),
+        # relu/relu6 fused by lowering; scale 4 puts inference outputs past 6
+        _c("batchnorm", (4, 3, 3), training=True, lowered={"activation": "relu"}, note="relu"),
+        _c("batchnorm", (6,), batch=5, lowered={"activation": "relu"}, scale=4.0, note="relu-inf"),
+        _c("batchnorm", (4, 4, 3), training=True, lowered={"activation": "relu6"}, note="relu6"),
+        _c("batchnorm", (4, 4, 3), lowered={"activation": "relu6"}, scale=4.0, note="relu6-inf"),
     ],
     "lrn": [
         _c("lrn", (3, 3, 7), 2, bias=2.0, alpha=0.5, beta=0.75, note="r2"),
@@ -325,7 +348,9 @@ def op_params() -> list[Any]:
 # definition, finite-difference and PyTorch suites: NumPy's kernels, then the
 # compiled ones. test_jit_kernels keeps this set equal to the ops that look
 # one of the overrides up.
-JIT_OPS: frozenset[str] = frozenset()
+JIT_OPS: frozenset[str] = frozenset(
+    {"batchnorm", "conv", "depthwise_conv", "separable_conv", "maxpool", "avgpool"}
+)
 
 
 def op_kernel_params() -> list[Any]:

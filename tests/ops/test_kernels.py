@@ -1,7 +1,8 @@
 """Kernel variants against each other: every fast path equals the plain one it replaces.
 
 float64 throughout, tight tolerances. The plain references are the whole-batch
-grouped im2col kernel (groups=1) and batchnorm/relu written as unfused NumPy.
+grouped im2col kernel (groups=1) and relu written as plain NumPy (batchnorm's:
+test_batchnorm_kernels.py).
 Chunking and threads must not change a single bit: the threaded workers and the
 serial ones, one chunk or many, give identical results.
 """
@@ -494,69 +495,7 @@ def test_depthwise_chunks_and_threads_match_one_chunk(m: int, stride: Any, pads:
         np.testing.assert_allclose(dk.reshape(grouped.shape), want_dk, **TIGHT)
 
 
-# ---- batchnorm with a fused activation, maxpool, relu ----
-
-
-def bn_reference(
-    x: np.ndarray, w: dict[str, np.ndarray], dy: np.ndarray, act: str, training: bool
-) -> tuple[np.ndarray, ...]:
-    """Unfused batchnorm then activation, and their gradients, written out plainly."""
-    axes = tuple(range(x.ndim - 1))
-    eps = 1e-3
-    mean = x.mean(axis=axes) if training else w["moving_mean"]
-    var = x.var(axis=axes) if training else w["moving_variance"]
-    xhat = (x - mean) / np.sqrt(var + eps)
-    z = w["gamma"] * xhat + w["beta"]
-    y = {"none": z, "relu": np.maximum(z, 0), "relu6": np.clip(z, 0, 6)}[act]
-    mask = {"none": 1.0, "relu": z > 0, "relu6": (z > 0) & (z < 6)}[act]
-    dz = dy * mask
-    dgamma, dbeta = (dz * xhat).sum(axis=axes), dz.sum(axis=axes)
-    dxhat = dz * w["gamma"]
-    inv = 1 / np.sqrt(var + eps)
-    if training:
-        dx = inv * (dxhat - dxhat.mean(axis=axes) - xhat * (dxhat * xhat).mean(axis=axes))
-    else:
-        dx = dxhat * inv
-    return y, dx, dgamma, dbeta
-
-
-@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("shape", [(6, 4, 5, 3), (7, 3)])
-def test_batchnorm_fused_activation_matches_unfused(act: str, training: bool, shape: Any) -> None:
-    rng = np.random.default_rng(3)
-    x = rng.normal(loc=2.0, scale=3.0, size=shape)
-    c = shape[-1]
-    w = {
-        "gamma": rng.uniform(0.5, 2, c),
-        "beta": rng.normal(size=c),
-        "moving_mean": rng.normal(size=c),
-        "moving_variance": rng.uniform(0.5, 2, c),
-    }
-    dy = rng.normal(size=shape)
-    want = bn_reference(x, w, dy, act, training)
-    op = OPS["batchnorm"]
-    a = op.bind().replace(activation=act)
-    for workers in (Workers(), small_chunks(), ThreadWorkers(2)):
-        ws = {k: v.copy() for k, v in w.items()}
-        ctx = Context(training=training, workers=workers)
-        y, saved = op.forward(np, a, [x], ws, ctx)
-        (dx,), grads = op.backward(np, a, saved, dy, ws, ctx)
-        np.testing.assert_allclose(y, want[0], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dx, want[1], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(grads["gamma"], want[2], rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(grads["beta"], want[3], rtol=1e-10, atol=1e-12)
-
-
-def test_batchnorm_statistics_survive_a_large_offset() -> None:
-    """The one-pass variance is shifted, so a mean far from zero costs no accuracy."""
-    rng = np.random.default_rng(0)
-    x = (1000 + rng.normal(size=(64, 8, 8, 4))).astype(np.float32)
-    op = OPS["batchnorm"]
-    w = {k: np.zeros(4, np.float32) for k in ("moving_mean", "moving_variance")}
-    w["gamma"], w["beta"] = np.ones(4, np.float32), np.zeros(4, np.float32)
-    y, _ = op.forward(np, op.bind(), [x], w, Context(training=True, workers=ThreadWorkers(2)))
-    assert np.abs(y.std(axis=(0, 1, 2)) - 1).max() < 1e-3
+# ---- maxpool, relu ----
 
 
 @pytest.mark.parametrize("inplace", [False, True])

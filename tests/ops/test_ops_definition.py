@@ -218,7 +218,8 @@ def ref_batchnorm(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
         gamma = w["gamma"][c] if a.scale else 1.0
         beta = w["beta"][c] if a.center else 0.0
         y[..., c] = gamma * (x[..., c] - mean) / math.sqrt(var + a.epsilon) + beta
-    return y
+    act = a.get("activation", "none")  # fused by lowering
+    return y if act == "none" else ref_activation(act, OPS[act].bind(), y)
 
 
 def ref_lrn(a: Attrs, xs: list, w: dict, case: Case) -> np.ndarray:
@@ -239,7 +240,9 @@ def ref_dropout(a: Attrs, xs: list, w: dict, case: Case, xp: Any = np) -> np.nda
     x = xs[0]
     if not case.training:
         return x.copy()
-    u = to_host(make_ctx(case, xp).rng.random(x.shape))  # the draw the op's ctx.rng makes
+    # the draw the op's ctx.rng makes, in the compute dtype (float32 for float32)
+    dtype = np.float32 if x.dtype == np.float32 else np.float64
+    u = to_host(make_ctx(case, xp).rng.random(x.shape, dtype=dtype))
     y = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
         y[idx] = x[idx] / (1 - a.rate) if u[idx] >= a.rate else 0.0

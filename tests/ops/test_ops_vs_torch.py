@@ -134,6 +134,8 @@ def t_batchnorm(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
         momentum=1 - a.momentum,  # torch's momentum weighs the new value
         eps=a.epsilon,
     )
+    act = a.get("activation", "none")  # fused by lowering
+    y = y if act == "none" else TORCH_ACT[act](OPS[act].bind(), y)
     return nhwc(y) if y.dim() == 4 else y
 
 
@@ -149,7 +151,9 @@ def t_dropout(a: Attrs, xs: list[T], w: dict[str, T], case: Case) -> T:
     x = xs[0]
     if not case.training:
         return F.dropout(x, a.rate, training=False)
-    keep = torch.from_numpy(np.random.default_rng(SEED).random(tuple(x.shape)) >= a.rate)
+    # dropout draws its uniforms in the compute dtype (float32 for float32)
+    dtype = np.float32 if x.dtype == torch.float32 else np.float64
+    keep = torch.from_numpy(np.random.default_rng(SEED).random(tuple(x.shape), dtype) >= a.rate)
     return x * keep.to(x.dtype) / (1 - a.rate)
 
 

@@ -9,12 +9,15 @@ backend adds:
   capabilities that keep lowering to one whole-batch GEMM per conv (no
   Winograd unless asked for) and tell the memory plan that scratch;
 - fused elementwise kernels for batchnorm + activation (`CupyKernels`,
-  cupy.ElementwiseKernel), passed to the ops as `ctx.overrides`.
+  cupy.ElementwiseKernel), passed to the ops as `ctx.overrides`;
+- one fused elementwise kernel per optimizer update (`optimizer_sources`):
+  a weight array and its slots updated in one launch, not four to eight.
 
 Tests pass `xp=numpy`: then this module's code path runs in CI without a GPU.
 Each fused kernel then falls back to the generic NumPy kernel it replaces
-(the results stay bit for bit those of the NumPy backend), `to_host` falls back
-to `numpy.asarray` and `synchronize` does nothing. The CUDA sources are also
+(the results stay bit for bit those of the NumPy backend; the optimizers keep
+their NumPy updates), `to_host` falls back to `numpy.asarray` and
+`synchronize` does nothing. The CUDA sources are also
 compiled as C by the tests where a C compiler exists (`kernel_sources`).
 """
 
@@ -74,6 +77,49 @@ def kernel_sources() -> dict[str, tuple[str, str, str]]:
     return src
 
 
+# Each optimizer's update of one weight array w (gradient g) and its slots, named as
+# the optimizer's slots, with its scalars in the order `Optimizer.fused_update` gives.
+# The expressions round as the NumPy updates in cnndsl/training/optimizers.py do
+# (the scalars arrive rounded to T, as NumPy rounds Python floats against T arrays);
+# the GPU may still contract a·b + c into one FMA, so its results differ in the last bit.
+OPTIMIZER_UPDATES = {
+    "sgd": ("T lr", "T w", "w = w - lr * g;"),
+    "sgd_momentum": (
+        "T lr, T momentum",
+        "T w, T velocity",
+        "velocity = velocity * momentum - lr * g; w = w + velocity;",
+    ),
+    "sgd_nesterov": (
+        "T lr, T momentum",
+        "T w, T velocity",
+        "velocity = velocity * momentum - lr * g; w = w + (momentum * velocity - lr * g);",
+    ),
+    "adam": (
+        "T alpha, T beta_1, T one_minus_beta_1, T beta_2, T one_minus_beta_2, T epsilon",
+        "T w, T m, T v",
+        "m = m * beta_1 + one_minus_beta_1 * g; v = v * beta_2 + one_minus_beta_2 * (g * g);"
+        " w = w - alpha * m / (sqrt(v) + epsilon);",
+    ),
+    "rmsprop": (
+        "T lr, T rho, T one_minus_rho, T epsilon",
+        "T w, T rms",
+        "rms = rms * rho + one_minus_rho * (g * g); w = w - lr * g / (sqrt(rms) + epsilon);",
+    ),
+}
+
+
+def optimizer_sources() -> dict[str, tuple[str, str, str]]:
+    """name -> (in_params, out_params, body) of every fused optimizer update (outputs in place)."""
+    return {
+        f"update_{name}": (f"T g, {scalars}", outs, body)
+        for name, (scalars, outs, body) in OPTIMIZER_UPDATES.items()
+    }
+
+
+def _names(params: str) -> list[str]:
+    return [p.split()[-1] for p in params.split(",")]
+
+
 class CupyKernels:
     """The fused batchnorm kernels, built on first use (CuPy compiles them on first call).
 
@@ -88,17 +134,29 @@ class CupyKernels:
 
     def _kernel(self, name: str) -> Any:
         if name not in self._built:
-            ins, outs, body = kernel_sources()[name]
+            ins, outs, body = {**kernel_sources(), **optimizer_sources()}[name]
             self._built[name] = self.xp.ElementwiseKernel(ins, outs, body, f"cnndsl_{name}")
         return self._built[name]
 
     def overrides(self) -> dict[str, Callable[..., Any]]:
-        """The entries of ctx.overrides these kernels provide."""
-        return {
+        """The entries of ctx.overrides these kernels provide (and the optimizers' update)."""
+        found: dict[str, Callable[..., Any]] = {
             "batchnorm_affine": self.batchnorm_affine,
             "batchnorm_dz_sums": self.batchnorm_dz_sums,
             "batchnorm_dx": self.batchnorm_dx,
         }
+        if self.real:  # NOTE: NumPy standing in keeps the optimizers' own NumPy updates
+            found["optimizer_update"] = self.optimizer_update
+        return found
+
+    def optimizer_update(
+        self, name: str, scalars: tuple[float, ...], g: Any, w: Any, slots: dict[str, Any]
+    ) -> None:
+        """Update w and its slots in place from g in one launch (`optimizer_sources`)."""
+        _, outs, _ = optimizer_sources()[f"update_{name}"]
+        t = w.dtype.type  # NOTE: scalars typed as the arrays, as NumPy rounds them
+        outputs = [w if out == "w" else slots[out] for out in _names(outs)]
+        self._kernel(f"update_{name}")(g, *(t(s) for s in scalars), *outputs)
 
     def batchnorm_affine(
         self, xp: Any, x: Any, scale: Any, shift: Any, act: str, workers: Workers

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 # The modules that contribute overrides, in the order they are merged.
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("batchnorm", "winograd", "depthwise", "pool")
 
 _AVAILABLE: bool | None = None
 
