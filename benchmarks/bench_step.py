@@ -38,6 +38,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench_notes import LIMITS, NOTES
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BATCH = 64
@@ -75,7 +77,7 @@ NETS: dict[str, dict[str, Any]] = {
         "spec": str(ROOT / "specs" / "fashion_mnist.cnn"),
         "params": {},
         "train": True,
-        "goal": 1.2,
+        "goal": 0.85,
     },
     "resnet18_cifar": {
         "shape": (32, 32, 3),
@@ -83,7 +85,7 @@ NETS: dict[str, dict[str, Any]] = {
         "spec": RESNET18_CIFAR,
         "params": {},
         "train": True,
-        "goal": 1.2,
+        "goal": 0.85,
     },
     "mobilenet96": {
         "shape": (96, 96, 3),
@@ -91,7 +93,7 @@ NETS: dict[str, dict[str, Any]] = {
         "spec": "zoo.mobilenet",
         "params": {"size": 96},
         "train": True,
-        "goal": 2.0,
+        "goal": 1.0,
     },
     "resnet34_infer": {
         "shape": (224, 224, 3),
@@ -99,7 +101,7 @@ NETS: dict[str, dict[str, Any]] = {
         "spec": str(ROOT / "specs" / "resnet34.cnn"),
         "params": {},
         "train": False,
-        "goal": 1.2,
+        "goal": 0.5,
     },
 }
 
@@ -416,90 +418,6 @@ FAMILIES = {
     "residual adds": ("add",),
     "dense": ("dense",),
 }
-
-NOTES: dict[str, str] = {
-    "fashion_mnist": "Convolutions, and inside them BLAS. The four 3×3 convs run as"
-    " Winograd F(4×4, 3×3) (forward, dx and dW; dW reads the input tiles the forward pass"
-    " kept) in chunks of 128 tiles (8 samples of 14×14, 32 of 7×7). Of such a chunk's"
-    " forward (128→128 on 14×14, one core, measured 2026-11-29) the 36 GEMMs (tiles,"
-    " c)·(c, f) take about 55%, the input and output transforms (skinny GEMMs by"
-    " kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ)) 35%, the copies into and out of tiles 10%. On those"
-    " GEMM shapes single-threaded OpenBLAS runs at 75-120 GFLOP/s where MKL's (torch.bmm,"
-    " same shapes) runs at 130-155, and 4×4-output tiles waste 31% of their work on 14×14"
-    " and 7×7 maps. The 7×7 stem (one input channel) is an im2col GEMM with an inner"
-    " dimension of 49 over tap-major columns; max pooling (2×2; backward one compare over"
-    " whole windows and one multiply) is most of the rest. cnndsl keeps both cores 91-94%"
-    " busy (PyTorch: all but fully; the two 7×7 layers split into two chunks, one a lane,"
-    " and lose most of the rest when a core is shared), and both step times move from run"
-    " to run (in this stop's runs PyTorch's 160-255 ms, cnndsl's 185-270 ms), so read the"
-    " ratio as a range.",
-    "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as Winograd"
-    " F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use im2col),"
-    " whose 36 GEMMs per chunk have the same limit, and so does dW but on the 4×4 maps"
-    " (one tile a sample) and the 512-channel convs (too much scratch). Batchnorm"
-    " (fused with its relu, two passes forward, two backward) is as fast as PyTorch's"
-    " forward but still makes about ten NumPy operations over each chunk in backward"
-    " where PyTorch's kernel makes two or three passes: about 1.7× PyTorch's batchnorm"
-    " backward.",
-    "mobilenet96": "Memory-bound, not GEMM-bound: the depthwise convs cost two NumPy passes"
-    " per kernel tap forward and four backward (rows run as contiguous ow·c strips with a"
-    " tiled kernel row, so NumPy's inner loops are long), and batchnorm + relu6 the passes"
-    " above; the 1×1 convs are plain GEMMs. Before malloc kept freed arrays (see below)"
-    " a step took 23,000 page faults and 200 ms of system time.",
-    "resnet34_infer": "Convolutions only: batchnorm is folded into them (passes/fold.py), the"
-    " relu of each conv runs inside its GEMM chunk and relu(a + b) inside the add, and the"
-    " stride-1 3×3 convs run as Winograd F(4×4, 3×3). PyTorch's eager NCHW model runs"
-    " batchnorm as a separate pass.",
-}
-
-LIMITS = """\
-How cnndsl runs a step: every kernel cuts the batch into chunks of whole
-samples and runs them on a thread per core (`ThreadWorkers`), each chunk
-calling single-threaded BLAS on buffers reused from step to step. Chunks are
-sized by bytes (about 4 MiB of im2col columns) except in Winograd layers,
-which take 128 tiles or more a chunk, in a power-of-two count: each of a
-chunk's 36 GEMMs streams its own slice of the transformed kernel, and chunks
-of 32-44 tiles (7×7 and 8×8 maps) ran up to 1.6× slower. BLAS stays
-on one thread for the whole step: OpenBLAS threads left spinning after a
-multithreaded call took a core from the lanes (a GEMM phase ran up to 1.8×
-slower; about 5% of a ResNet-18 step). Lowering fixes the variants by shape:
-conv forward by im2col or Winograd F(4×4, 3×3), the input gradient as a
-'full' convolution, Winograd or col2im, none for the first layer; 1×1 convs
-as plain GEMMs; relu/relu6 fused into batchnorm, convs, dense and residual
-adds, or run in place; zeropad folded into the next conv's padding.
-
-Winograd F(4×4, 3×3) pays on 3×3 stride-1 layers with 32 channels or more
-whose maps are a multiple of 4 or close to it, where cnndsl uses it:
-measured in one process, alternating with im2col, the Fashion-MNIST step is
-1.11× faster with it, the ResNet-18 step 1.14× and ResNet-34 inference
-1.28×; the weight gradient by Winograd too (the same transforms with the
-roles turned) adds 1.03× and 1.06× to the two steps. With fewer channels
-its 36 GEMMs of (tiles, c)·(c, f) run at a lower rate than im2col's one
-GEMM with the long inner dimension fh·fw·c; the transforms are skinny BLAS
-GEMMs by kron(Bᵀ, Bᵀ) and kron(Aᵀ, Aᵀ). In float32 its results are about
-1e-5 off the direct sum, relative (im2col: 1e-7), as with cuDNN's and
-oneDNN's Winograd kernels. F(2×2, 3×3) paid only from 128 channels and
-gained half as much.
-
-Times move by ±20% and more with other load on the machine, and PyTorch's
-OpenMP threads suffer more from it than cnndsl's chunked lanes (which
-rebalance when a core is busy): compare ratios measured on a quiet machine
-(see the load averages above). Tried and dropped: Winograd with its
-transforms as a dozen NumPy passes per tile (they cost more than the 2.25×
-fewer multiplies save), and Winograd chunks of 64 tiles on the 7×7 maps (four
-chunks for two lanes: 2% slower, the GEMMs thinner).
-
-Memory traffic between steps: glibc's malloc returns a freed heap top to the
-system, so each step's fresh activations and gradients were refaulted page by
-page (5,400 faults and 25 ms of system time a Fashion-MNIST step, 23,000 and
-200 ms on MobileNet). The NumPy backend has malloc keep freed arrays of up to
-32 MiB (`mallopt`, once per process, `keep_freed_memory=False` to opt out):
-no faults, the same peak RSS, steps 1.05-1.2× faster. A Winograd layer's
-forward keeps its transformed input tiles (2.25 values per input value) in a
-buffer reused from step to step, and its kernel gradient reads them instead
-of making them again: 1.04× on the Fashion-MNIST step, 1.05× on ResNet-18,
-for 42 and 236 MiB. The optimizer updates blocks of 64K values over the
-lanes (1.01× and 1.04×)."""
 
 
 if __name__ == "__main__":
