@@ -191,13 +191,13 @@ class BatchNormSaved:
     training: bool
 
 
-def _rows(x: Array) -> tuple[Array, int]:
+def channel_rows(x: Array) -> tuple[Array, int]:
     """x as (rows, channels) and the rows per sample."""
     c = x.shape[-1]
     return x.reshape(-1, c), max(1, x[0].size // c) if x.shape[0] else 1
 
 
-def _row_chunks(workers: Workers, x: Array, per_sample: int) -> list[tuple[int, int]]:
+def row_chunks(workers: Workers, x: Array, per_sample: int) -> list[tuple[int, int]]:
     """Row ranges of whole samples, about chunk_bytes each."""
     row_bytes = x.shape[-1] * x.dtype.itemsize
     return [
@@ -235,8 +235,8 @@ def shifted_sums(xp: Any, x: Array, workers: Workers) -> tuple[Array, Array]:
     One pass, shifted by the first sample's values; chunk sums are added in
     float64 in chunk order.
     """
-    x2, per = _rows(x)
-    chunks = _row_chunks(workers, x, per)
+    x2, per = channel_rows(x)
+    chunks = row_chunks(workers, x, per)
     parts = xp.empty((len(chunks), 2, x2.shape[1]), dtype=xp.float64)
     x0 = x2[0].copy() if x2.shape[0] else xp.zeros(x2.shape[1], x.dtype)
 
@@ -275,7 +275,7 @@ def _global_moments(
 def affine(xp: Any, x: Array, scale: Array, shift: Array, act: str, workers: Workers) -> Array:
     """y = act(x·scale + shift) per channel (act: none, relu or relu6), chunk by chunk."""
     y = xp.empty(x.shape, dtype=x.dtype)
-    x2, per = _rows(x)
+    x2, per = channel_rows(x)
     y2 = y.reshape(x2.shape)
 
     def run(lane: int, chunk: tuple[int, int]) -> None:
@@ -285,7 +285,7 @@ def affine(xp: Any, x: Array, scale: Array, shift: Array, act: str, workers: Wor
         out += shift
         _activate_inplace(xp, act, out)
 
-    workers.each(_row_chunks(workers, x, per), run)
+    workers.each(row_chunks(workers, x, per), run)
     return y
 
 
@@ -337,11 +337,11 @@ def dz_sums(
     dz_out: Array | None = None,
 ) -> tuple[Array, Array]:
     """(Σ dz, Σ dz·xhat) per channel, in float64; dz also into dz_out if given."""
-    dy2, per = _rows(dy)
+    dy2, per = channel_rows(dy)
     x2 = s.x.reshape(dy2.shape)
     y2 = s.y.reshape(dy2.shape) if s.y is not None else None
     keep = dz_out.reshape(dy2.shape) if dz_out is not None else None
-    chunks = _row_chunks(workers, dy, per)
+    chunks = row_chunks(workers, dy, per)
     parts = xp.empty((len(chunks), 2, dy2.shape[1]), dtype=xp.float64)
 
     def run(lane: int, chunk: tuple[int, int]) -> None:
@@ -375,7 +375,7 @@ def dx_affine(
 
     dz: the masked gradient `dz_sums` kept (then dx overwrites it), else formed again.
     """
-    dy2, per = _rows(dy)
+    dy2, per = channel_rows(dy)
     dx = dz if dz is not None and act != "none" else xp.empty(dy.shape, dtype=dy.dtype)
     x2 = s.x.reshape(dy2.shape)
     y2 = s.y.reshape(dy2.shape) if s.y is not None else None
@@ -394,7 +394,7 @@ def dx_affine(
         out += tmp
         out += const
 
-    workers.each(_row_chunks(workers, dy, per), run)
+    workers.each(row_chunks(workers, dy, per), run)
     return dx
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cnndsl.ops.norm import BatchNormSaved, _row_chunks, _rows
+from cnndsl.ops.norm import BatchNormSaved, channel_rows, row_chunks
 from cnndsl.ops.registry import Array
 from cnndsl.runtime.backends.numba_kernels import jit
 from cnndsl.runtime.workers import Workers
@@ -55,7 +55,7 @@ def batchnorm_shifted_sums(xp: Any, x: Array, workers: Workers) -> tuple[Array, 
     c = x.shape[-1]
     x2 = _flat(x, x.dtype, c)
     x0 = x2[0].copy() if x2.shape[0] else np.zeros(c, x.dtype)
-    chunks = _row_chunks(workers, x, _rows(x)[1])
+    chunks = row_chunks(workers, x, channel_rows(x)[1])
     index = {chunk: i for i, chunk in enumerate(chunks)}
     parts = np.empty((len(chunks), 2, c), np.float64)
 
@@ -80,7 +80,7 @@ def batchnorm_affine(
     def run(lane: int, chunk: tuple[int, int]) -> None:
         _affine_rows(x2, scale, shift, code, chunk[0], chunk[1], y2)
 
-    workers.each(_row_chunks(workers, x, _rows(x)[1]), run)
+    workers.each(row_chunks(workers, x, channel_rows(x)[1]), run)
     return y
 
 
@@ -95,7 +95,7 @@ def batchnorm_dz_sums(
     # NOTE: without an activation there is no saved output; dy stands in, unread.
     y2 = _flat(s.y, dy.dtype, c) if code else dy2
     mean = np.ascontiguousarray(s.mean, dtype=dy.dtype)
-    chunks = _row_chunks(workers, dy, _rows(dy)[1])
+    chunks = row_chunks(workers, dy, channel_rows(dy)[1])
     index = {chunk: i for i, chunk in enumerate(chunks)}
     parts = np.empty((len(chunks), 2, c), np.float64)
 
@@ -130,7 +130,7 @@ def batchnorm_dx(
     def run(lane: int, chunk: tuple[int, int]) -> None:
         _dx_rows(dy2, y2, x2, g, coef, const, code, chunk[0], chunk[1], dx2)
 
-    workers.each(_row_chunks(workers, dy, _rows(dy)[1]), run)
+    workers.each(row_chunks(workers, dy, channel_rows(dy)[1]), run)
     return dx
 
 
