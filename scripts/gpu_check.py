@@ -23,6 +23,9 @@ and the run writes gpu_check.json to --out. Checks, in order:
 - transfers: a training step brings its numbers (loss, metrics, finite check)
   to the host in one transfer; where CuPy still has cupyx.allow_synchronize,
   any other synchronising call in the step is a failure naming where.
+- nccl: 2 ranks (mpiexec, 2 GPUs) train as one process, their gradients
+  summed by NCCL on device buffers; with 1 GPU, NCCL on one rank
+  (scripts/gpu_check_nccl.py).
 
 --dry-run: NumPy stands in for CuPy, at small sizes (a check of this script
 on a CPU; the comparisons are then float32 NumPy against float64 NumPy).
@@ -46,6 +49,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "ops"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import gpu_check_nccl  # noqa: E402  (scripts/, beside this file)
 
 import cnndsl  # noqa: E402
 from cnndsl.ops import OPS, norm  # noqa: E402
@@ -445,6 +451,7 @@ CHECKS: dict[str, Callable[[Checks], None]] = {
     "resnet18": Checks.resnet18,
     "optimizers": Checks.optimizers,
     "transfers": Checks.transfers,
+    "nccl": gpu_check_nccl.run,  # data-parallel sums on device buffers (its own module)
 }
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from cnndsl.runtime.executor import Executor, ModelError, Observer
 from cnndsl.runtime.lower import Plan, Step
+from cnndsl.training.device_allreduce import BucketAllreduce, HostAllreduce, choose_allreduce
 
 if TYPE_CHECKING:
     from cnndsl.training.checkpoint import TrainState
@@ -111,6 +112,8 @@ class Ranks:
         self.gradient_comm = comm.Dup()
         self.bucket_bytes = bucket_bytes()
         self.mpi_seconds = 0.0  # time spent inside MPI calls (benchmarks/bench_mpi.py)
+        # How the gradient buckets are summed (device_allreduce), chosen at the first step.
+        self.gradient_allreduce: BucketAllreduce | None = None
 
     @property
     def first(self) -> bool:
@@ -139,10 +142,14 @@ class Ranks:
     def buckets(self, model: Executor, plan: Plan, extra: Sequence[float]) -> GradientBuckets:
         """An observer of `plan`'s backward that sums its gradients over ranks, bucket by bucket.
 
-        `extra` (the step's weighted losses) rides in the first bucket; pass the
-        observer to backward, then `finish(grads)` gives extra's sums.
+        `extra` (the step's weighted losses) is summed along; pass the observer
+        to backward, then `finish(grads)` gives extra's sums. The buckets live
+        where `choose_allreduce` says (chosen once: NCCL's communicator is a
+        collective to make).
         """
-        return GradientBuckets(self, model, plan, extra)
+        if self.gradient_allreduce is None:
+            self.gradient_allreduce = choose_allreduce(self, model.backend)
+        return GradientBuckets(self, model, plan, extra, self.gradient_allreduce)
 
     def share_start(self, model: Model, state: TrainState) -> TrainState:
         """Give every rank rank 0's weights, optimizer state, generators and training state."""
@@ -188,35 +195,49 @@ class GradientBuckets(Observer):
     """A step's weight gradients summed over ranks in contiguous buckets, as backward makes them.
 
     Backward runs the layers in reverse; the updatable weights, in that order,
-    are cut into buckets of about `Ranks.bucket_bytes` (host buffers: a CuPy
-    gradient is copied through the host). As `gradients` sees a bucket's last
-    gradient it starts the bucket's in-place Iallreduce, so the sums travel
-    while backward goes on with earlier layers; `finish` waits for them all and
+    are cut into buckets of about `Ranks.bucket_bytes`, which live where
+    `allreduce` sums them (device_allreduce: host buffers and MPI, or device
+    buffers and NCCL or CUDA-aware MPI). As `gradients` sees a bucket's last
+    gradient it starts the bucket's in-place sum, so the sums travel while
+    backward goes on with earlier layers; `finish` waits for them all and
     points the gradients at the summed buffers. Each element is summed over
-    ranks as one Allreduce of everything would sum it, so bucketing never
+    ranks as one allreduce of everything would sum it, so bucketing never
     changes a result.
     """
 
-    def __init__(self, ranks: Ranks, model: Executor, plan: Plan, extra: Sequence[float]):
-        self.ranks, self.xp, self.to_host = ranks, model.xp, model.backend.to_host
+    def __init__(
+        self,
+        ranks: Ranks,
+        model: Executor,
+        plan: Plan,
+        extra: Sequence[float],
+        allreduce: BucketAllreduce | None = None,
+    ):
+        self.ranks = ranks
+        self.allreduce = allreduce or HostAllreduce(ranks, model.backend)
         params = model.params
         keys = [k for step in reversed(plan.steps) for k in step.weight_keys if k in params]
         keys = [k for k in keys if k in model._updatable]
         dtype = params[keys[0]].dtype if keys else np.dtype(np.float64)
+        # NOTE: on the host the losses ride at the first bucket's start; device buckets
+        # leave them on the host, summed at the end by one small MPI allreduce.
+        self.extra = np.asarray(extra, dtype)
+        riding = len(extra) if isinstance(self.allreduce, HostAllreduce) else 0
         self.where: dict[str, tuple[int, int]] = {}  # key -> (bucket, offset)
-        sizes: list[int] = [len(extra)]  # NOTE: the losses ride at the first bucket's start
+        sizes: list[int] = [riding]
         for key in keys:
             if sizes[-1] * dtype.itemsize >= ranks.bucket_bytes:
                 sizes.append(0)
             self.where[key] = (len(sizes) - 1, sizes[-1])
             sizes[-1] += int(params[key].size)
-        self.buffers = [np.empty(n, dtype) for n in sizes]
-        self.buffers[0][: len(extra)] = extra
-        self.extra = len(extra)
+        self.buffers = [self.allreduce.buffer(n, dtype) for n in sizes]
+        if riding:
+            self.buffers[0][:riding] = self.extra
+        self.riding = riding
         self.missing = [0] * len(sizes)
         for bucket, _ in self.where.values():
             self.missing[bucket] += 1
-        self.requests: list[Any] = [None] * len(sizes)
+        self.handles: list[Any] = [None] * len(sizes)
 
     def gradients(
         self, step: Step, input_grads: Sequence[Any], weight_grads: Mapping[str, Any]
@@ -227,37 +248,31 @@ class GradientBuckets(Observer):
             if found is None:
                 continue
             bucket, at = found
-            self.buffers[bucket][at : at + grad.size] = np.asarray(self.to_host(grad)).reshape(-1)
+            self.allreduce.put(self.buffers[bucket], at, grad)
             self.missing[bucket] -= 1
             if self.missing[bucket] == 0:
                 self._start(bucket)
         return False
 
     def _start(self, bucket: int) -> None:
-        ranks = self.ranks
-        began = time.perf_counter()
-        buffer = self.buffers[bucket]
-        self.requests[bucket] = ranks.gradient_comm.Iallreduce(
-            ranks.mpi.IN_PLACE, buffer, op=ranks.mpi.SUM
-        )
-        # NOTE: Open MPI moves non-blocking collectives on only inside MPI calls: a test
-        # of the ones in flight at each start lets the earlier buckets progress.
-        ranks.mpi.Request.Testall([r for r in self.requests if r is not None])
-        ranks.mpi_seconds += time.perf_counter() - began
+        started = [h for h in self.handles if h is not None]
+        self.handles[bucket] = self.allreduce.start(self.buffers[bucket], started)
 
     def finish(self, grads: dict[str, Any]) -> list[float]:
         """Wait for every bucket; grads (backward's) become the sums over ranks; extra's sums."""
-        for bucket, request in enumerate(self.requests):
-            if request is None:  # NOTE: a bucket backward did not fill whole still goes, in order
+        for bucket, handle in enumerate(self.handles):
+            if handle is None:  # NOTE: a bucket backward did not fill whole still goes, in order
                 self._start(bucket)
-        began = time.perf_counter()
-        self.ranks.mpi.Request.Waitall(self.requests)
-        self.ranks.mpi_seconds += time.perf_counter() - began
+        self.allreduce.wait(self.handles)
         for key, grad in grads.items():
             bucket, at = self.where[key]
-            total = self.buffers[bucket][at : at + grad.size].reshape(grad.shape)
-            grads[key] = self.xp.asarray(total)
-        return [float(v) for v in self.buffers[0][: self.extra]]
+            grads[key] = self.allreduce.take(self.buffers[bucket], at, tuple(grad.shape))
+        if self.riding or self.extra.size == 0:
+            return [float(v) for v in self.buffers[0][: self.riding]]
+        began = time.perf_counter()
+        self.ranks.comm.Allreduce(self.ranks.mpi.IN_PLACE, self.extra, op=self.ranks.mpi.SUM)
+        self.ranks.mpi_seconds += time.perf_counter() - began
+        return [float(v) for v in self.extra]
 
 
 def _host_state(model: Model) -> dict[str, Any]:

@@ -237,6 +237,8 @@ class CupyBackend(Backend):
     backend's chunking, so that the two agree bit for bit in the tests.
     cudnn: run convolutions through cuDNN (nvidia-cudnn-frontend; None: where it
     imports, on a GPU; True without it is an error); tf32: let cuDNN use TF32.
+    device: the GPU to use; None: under an MPI launcher, this rank's local rank
+    modulo the GPU count (`device_for_rank`), else the current device.
     """
 
     name = "cupy"
@@ -254,6 +256,10 @@ class CupyBackend(Backend):
     ) -> None:
         if xp is None:
             xp = _import_cupy()
+            if device is None:  # NOTE: under an MPI launcher, one GPU per rank on each machine
+                from cnndsl.training.device_allreduce import device_for_rank
+
+                device = device_for_rank(xp.cuda.runtime.getDeviceCount())
             if device is not None:
                 xp.cuda.Device(device).use()
         super().__init__(xp, seed)
