@@ -34,22 +34,11 @@ from typing import Any
 import numpy as np
 
 from cnndsl.runtime.executor import ModelError
+from cnndsl.training.launcher import launched_ranks, local_rank
 
 ALLREDUCE_VARIABLE = "CNNDSL_ALLREDUCE"
 ALLREDUCE_CHOICES = ("auto", "nccl", "mpi", "host")
 NCCL_INSTALL = "pip install nvidia-nccl-cu12"
-# This process's rank among those on its machine: Open MPI, Slurm's srun, MPICH (Hydra).
-LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID")
-
-
-def local_rank(environ: Mapping[str, str] | None = None) -> int | None:
-    """This process's rank on its machine as its launcher gave it; None when not given."""
-    env = os.environ if environ is None else environ
-    for name in LOCAL_RANK_VARIABLES:
-        value = env.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return None
 
 
 def device_for_rank(count: int, environ: Mapping[str, str] | None = None) -> int | None:
@@ -58,8 +47,6 @@ def device_for_rank(count: int, environ: Mapping[str, str] | None = None) -> int
     Without a local rank from the launcher, MPI tells it (the rank in a
     communicator of the processes sharing this machine's memory).
     """
-    from cnndsl.training.distributed import launched_ranks
-
     if count < 1 or launched_ranks() <= 1:
         return None
     local = local_rank(environ)

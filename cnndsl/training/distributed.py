@@ -34,15 +34,12 @@ import numpy as np
 from cnndsl.runtime.executor import Executor, ModelError, Observer
 from cnndsl.runtime.lower import Plan, Step
 from cnndsl.training.device_allreduce import BucketAllreduce, HostAllreduce, choose_allreduce
+from cnndsl.training.launcher import launched_rank, launched_ranks
 
 if TYPE_CHECKING:
     from cnndsl.training.checkpoint import TrainState
     from cnndsl.training.model import Model
 
-# Environment variables through which launchers give the process count: Open MPI,
-# MPICH/Intel MPI (PMI), and Slurm's srun.
-SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
-RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
 INSTALL = "pip install 'cnndsl[mpi]'"
 T = TypeVar("T")
 # Gradient bucket size in MB (10**6 bytes), as PyTorch DDP's bucket_cap_mb (25 by default).
@@ -63,26 +60,6 @@ def bucket_bytes(environ: Mapping[str, str] | None = None) -> int:
             f" a number above 0 (default {DEFAULT_BUCKET_MB:g})"
         )
     return max(1, int(megabytes * 1e6))
-
-
-def launched_ranks() -> int:
-    """The process count a launcher gave this process (1 when none), read without MPI."""
-    for name in SIZE_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 1
-
-
-def launched_rank() -> int:
-    """This process's rank as its launcher gave it (0 when none), read without MPI."""
-    if launched_ranks() <= 1:
-        return 0
-    for name in RANK_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
 
 
 def quiet_unless_first() -> bool:
