@@ -19,10 +19,11 @@ NOTES: dict[str, str] = {
     " compiled (one pass forward, one backward), is 3% of the kernel time.",
     "resnet18_cifar": "The same GEMM limit on every 3×3 conv: forward and dx run as"
     " Winograd F(4×4, 3×3) (all but the 3-channel stem and the strided convs, which use"
-    " im2col), and so does dW except on the 4×4 maps and the 512-channel convs, where"
-    " im2col runs: Winograd would be 1.46× faster there (measured at batch 64) but needs"
-    " 36·c·f scratch, about 38 MB a lane, which the memory plan does not count yet; worth"
-    " about 1-2% of the step. Batchnorm with its relu, compiled (two passes forward, two"
+    " im2col), and so does dW, the 4×4×512 convs included since the cost model chose it"
+    " there (1.4× faster on those layers, the step 3% faster: 776 against 801 ms, medians of"
+    " 20 alternating steps in one process; peak RSS 57 MiB higher, 1056 against 999 MiB, for"
+    " the 36·c·f per-point sums, 38 MB a lane, which the memory plan counts). Batchnorm"
+    " with its relu, compiled (two passes forward, two"
     " backward, the activation's mask read on the fly), is 7% of the kernel time, down"
     " from 17%.",
     "mobilenet96": "GEMM-bound now: the 1×1 convs (plain GEMMs, forward and both"
@@ -47,7 +48,8 @@ sized by bytes (about 4 MiB of im2col columns) except in Winograd layers,
 which take 128 tiles or more a chunk, in a power-of-two count. BLAS stays on
 one thread for the whole step: OpenBLAS threads left spinning after a
 multithreaded call took a core from the lanes. Lowering fixes the variants by
-shape: conv forward by im2col or Winograd F(4×4, 3×3), the input gradient as a
+shape and a measured cost model (below): conv forward by im2col or Winograd
+F(4×4, 3×3), the input gradient as a
 'full' convolution, Winograd or col2im, none for the first layer; 1×1 convs
 as plain GEMMs; relu/relu6 fused into batchnorm, convs, dense and residual
 adds, or run in place; zeropad folded into the next conv's padding.
@@ -71,17 +73,27 @@ CNNDSL_JIT=0) the NumPy kernels run. Its cost is memory: Numba and LLVM
 add about 120 MiB to the process (peak RSS with the kernels off is in that
 table), still below PyTorch's on every row.
 
-Winograd F(4×4, 3×3) pays on 3×3 stride-1 layers with 32 channels or more
-whose maps are a multiple of 4 or close to it, where cnndsl uses it. With
-fewer channels its 36 GEMMs of (tiles, c)·(c, f) run at a lower rate than
-im2col's one GEMM with the long inner dimension fh·fw·c. In float32 its
-results are about 1e-5 off the direct sum, relative (im2col: 1e-7), as with
-cuDNN's and oneDNN's Winograd kernels. F(2×2, 3×3) paid only from 128
-channels and gained half as much. The choice is still by fixed shape rules,
-not a measured cost model: on these four networks every stride-1 3×3 conv
-but the 3-channel stems already runs as Winograd, and the one choice found
-wrong (dW on 4×4×512 maps, above) needs the memory plan to count its scratch
-first.
+Winograd F(4×4, 3×3) or im2col is chosen per 3×3 stride-1 layer (forward,
+dx and dW apart) by a cost model (`cnndsl/ops/conv_costs.py`): a kernel's time
+a sample is linear in its GEMM FLOPs, the values it copies or transforms, the
+per-chunk values (Winograd's 36·c·f kernel transform streamed, and dW's
+per-point sums written and read, once per chunk), and its pixels or tiles
+(loop and call overheads, thin GEMMs). `benchmarks/measure_conv_costs.py`
+times the kernels on one thread at batch 64 on 19 shapes, 32×32×4→4 to
+2×2×512→512, and fits the nanoseconds per unit by least squares; lowering
+only reads the committed table. Measured with the compiled transforms,
+Winograd won far more widely than the fixed rules it replaces allowed: from
+16 channels (1.2× at 32×32×16→16, 1.7× at 28×28×16→64), on 6×6 maps (1.6×
+despite tiles 78% over the map) and, for dW, on 4×4×512 (1.4×, one tile a
+sample); im2col wins with 8 channels or fewer (1.4×), on the 3-channel stems
+(1.5×) and on 2×2 maps (2×). On the four networks the only choice that
+changed is dW on ResNet-18's 4×4×512 convs (and ResNet-34's 7×7×512, which
+only trains outside the benchmark). A Winograd dW is not taken where its
+36·c·f per-point sums would exceed a lane's 64 MiB of scratch (512 → 1024
+channels and up), and the memory plan counts them. In float32 its results are
+about 1e-5 off the direct sum, relative (im2col: 1e-7), as with cuDNN's and
+oneDNN's Winograd kernels. F(2×2, 3×3) paid only from 128 channels and gained
+half as much, and is gone.
 
 Times move by ±20% and more with other load on the machine, and PyTorch's
 OpenMP threads suffer more from it than cnndsl's chunked lanes (which

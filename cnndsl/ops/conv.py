@@ -29,6 +29,7 @@ from cnndsl.ops.conv_kernels import (
     conv2d_backward,
     conv2d_forward,
     forward_method,
+    grad_sums_bytes,
     input_grad_method,
     kept_tiles_size,
     kernel_grad_method,
@@ -258,15 +259,19 @@ class Conv(ConvLike):
     def shared_scratch(
         self, a: Attrs, xs: Sequence[Shape], y: Shape, batch: int, itemsize: int
     ) -> tuple[int, int]:
-        """The Winograd kernel transform, 36·c·f values (counted for every 3×3 conv), and
-        the kernel gradient's partials of fh·fw·c·f values (`kernel_grad_partials`)."""
+        """The Winograd kernel transform, 36·c·f values (counted for every 3×3 conv); the
+        kernel gradient's partials of fh·fw·c·f values (`kernel_grad_partials`) and, for a
+        Winograd dW, each lane's 36·c·f per-point sums (two lanes, as the plan counts the
+        lanes' chunk scratch)."""
         if a.groups != 1:
             return 0, 0
         geo = conv_geometry(a, xs[0])
         c, f = geo.channels, a.filters
         transform = SPAN * SPAN * c * f * itemsize if geo.kernel == (3, 3) else 0
         partial = geo.kernel[0] * geo.kernel[1] * c * f * itemsize
-        return transform, kernel_grad_partials(batch, geo, f, itemsize) * partial
+        sums = 2 * grad_sums_bytes(geo, f, itemsize)
+        sums = sums if kernel_grad_method(geo, f) == "winograd" else 0
+        return transform, kernel_grad_partials(batch, geo, f, itemsize) * partial + sums
 
     def onnx(self, a: Attrs, b: Any, inputs: list[str], xs: Sequence[Shape], y: Shape) -> str:
         """Conv with the kernel as OIHW and Keras `same` as explicit asymmetric pads."""

@@ -10,8 +10,9 @@ conv2d (groups = 1) works through chunks of whole samples (`Workers`):
   (nb·oh·ow, fh·fw·c) and multiply by the kernel (fh·fw·c, f) straight
   into the output; bias and a fused relu are applied while the chunk is
   hot. A 1×1 convolution multiplies the pixels directly, without columns;
-  a wide 3×3 stride-1 one runs as Winograd F(4×4, 3×3) (`winograd`),
-  chosen at lowering from the layer's shape (`forward_method`).
+  a 3×3 stride-1 one runs as Winograd F(4×4, 3×3) (`winograd`) where the
+  measured cost model (`conv_costs`) predicts it faster, chosen at lowering
+  from the layer's shape (`forward_method`).
 - backward: the same chunks rebuild their columns (nothing but the input
   is kept from the forward pass) for dW = colsᵀ·dz, written one partial
   per chunk and summed in chunk order (the same bits for any lane count).
@@ -35,36 +36,37 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cnndsl.ops import winograd
+from cnndsl.ops.conv_costs import im2col_seconds, winograd_grad_seconds, winograd_seconds
 from cnndsl.ops.registry import Array
 from cnndsl.ops.window import NOPAD, Geometry, Pads, im2col_view, padded, tap, unpad2d
 from cnndsl.runtime.workers import Workers
 
-WINOGRAD_MIN_CHANNELS = 32  # fewer: the per-tile GEMMs are too thin to pay for the transforms
-WINOGRAD_MIN_GRAD_TILES = 4  # per sample, for dW: with fewer the transforms outweigh the GEMMs
-WINOGRAD_MAX_GRAD_PAIRS = 256 * 256  # c·f, for dW: the per-point sums' scratch stays small
-WINOGRAD_MAX_OVERHANG = 1.35  # tile area over map area: 14×14 and 7×7 (16×16, 8×8) pass
 GEMM_ROWS = 512  # fewest output pixels per backward chunk: keeps the dW partials few
 WINOGRAD_CHUNK_TILES = 128  # fewest tiles per Winograd chunk: the rows of its 36 GEMMs
 PARTIALS_BYTES = 64 << 20  # the kernel gradient's partial sums, where more than MIN_PARTIALS
 MIN_PARTIALS = 8  # partials a layer may keep whatever their size (lanes stay busy)
+LANE_SCRATCH = 64 << 20  # bytes of chunk scratch a CPU lane keeps (the memory plan's SCRATCH)
+PLANNED_ITEMSIZE = 4  # float32: lowering chooses before the dtype is known
+
+
+def winograd_shape(geo: Geometry) -> bool:
+    """Whether F(4×4, 3×3) can run this conv: a 3×3 stride-1 undilated kernel."""
+    return (geo.kernel, geo.stride, geo.dilation) == ((3, 3), (1, 1), (1, 1))
+
+
+def grad_sums_bytes(geo: Geometry, filters: int, itemsize: int) -> int:
+    """Scratch a lane holds for a Winograd dW: its 36 per-point sums of c·f values."""
+    return winograd.SPAN**2 * geo.channels * filters * itemsize
 
 
 def winograd_fits(geo: Geometry, filters: int) -> bool:
-    """Whether F(4×4, 3×3) beats im2col for this conv (the input gradient: the same test).
+    """Whether F(4×4, 3×3) is predicted faster than im2col for this conv (dx: the same test).
 
-    It needs a 3×3 stride-1 undilated kernel. NOTE: measured against im2col on
-    the benchmark networks' layers (benchmarks/RESULTS.md), forward, batch 64,
-    two lanes: 1.2-1.5× faster on 32×32, 28×28, 16×16 and 8×8 maps with 32
-    channels or more, 1.1-1.2× on 14×14, a tie on 7×7 (whose 4×4 tiles
-    compute 8×8). With fewer channels its 36 GEMMs of (tiles, c)·(c, f) are
-    too thin for BLAS, and tiles that overhang the map (sizes that are no
-    multiple of 4) are wasted work, hence the cap on the overhang.
+    By the measured cost model (`conv_costs`): Winograd's 36 GEMMs do 4× fewer
+    multiplies but run slower when c or f is small (thin GEMMs), and its tiles
+    overhang maps whose size is no multiple of 4 (wasted work).
     """
-    if (geo.kernel, geo.stride, geo.dilation) != ((3, 3), (1, 1), (1, 1)):
-        return False
-    th, tw = winograd.tiles(geo.out)
-    overhang = winograd.TILE**2 * th * tw / (geo.out[0] * geo.out[1])
-    return min(geo.channels, filters) >= WINOGRAD_MIN_CHANNELS and overhang <= WINOGRAD_MAX_OVERHANG
+    return winograd_shape(geo) and winograd_seconds(geo, filters) < im2col_seconds(geo, filters)
 
 
 def forward_method(geo: Geometry, filters: int) -> str:
@@ -77,22 +79,19 @@ def forward_method(geo: Geometry, filters: int) -> str:
 def kernel_grad_method(geo: Geometry, filters: int) -> str:
     """How conv2d's backward computes dW for this shape: "gemm" (1×1), "winograd" or "im2col".
 
-    NOTE: measured like `winograd_fits`: F(4×4, 3×3) with the roles turned
-    is 1.3-1.6× faster than im2col's colsᵀ·dz on 32×32, 28×28, 16×16 and
-    8×8 maps, 1.1-1.2× on 14×14, a tie on 7×7, and 2× slower on 4×4, where
-    each sample is one tile and the transforms outweigh the GEMMs. Its 36
-    per-point sums are 36·c·f values of scratch per lane, hence the cap on
-    c·f (9 MiB at 256 channels in and out; 36 MiB at 512 would not pay).
+    Winograd with the roles turned where the cost model predicts it faster,
+    reading the tiles the forward pass kept when that ran as Winograd too,
+    and only where its 36·c·f per-point sums fit a lane's scratch
+    (`grad_sums_bytes`; 38 MB at 512 channels in and out, counted by the
+    memory plan through `Conv.shared_scratch`).
     """
     if geo.pointwise:
         return "gemm"
-    th, tw = winograd.tiles(geo.out)
-    fits = (
-        winograd_fits(geo, filters)
-        and th * tw >= WINOGRAD_MIN_GRAD_TILES
-        and geo.channels * filters <= WINOGRAD_MAX_GRAD_PAIRS
-    )
-    return "winograd" if fits else "im2col"
+    if not winograd_shape(geo) or grad_sums_bytes(geo, filters, PLANNED_ITEMSIZE) > LANE_SCRATCH:
+        return "im2col"
+    kept = forward_method(geo, filters) == "winograd"
+    faster = winograd_grad_seconds(geo, filters, kept) < im2col_seconds(geo, filters)
+    return "winograd" if faster else "im2col"
 
 
 def input_grad_method(geo: Geometry, filters: int) -> str:
@@ -102,22 +101,25 @@ def input_grad_method(geo: Geometry, filters: int) -> str:
     per input pixel into columns of dz; "col2im" writes fh·fw·c values of
     dcols per output pixel and adds them back in fh·fw strided passes, and its
     GEMM has the short inner dimension f (slow in BLAS). "full" needs stride
-    1; "winograd" is "full" done by F(4×4, 3×3) (`winograd_fits`, with the
-    roles of c and f swapped: dz has f channels, dx has c).
+    1; "winograd" is "full" done by F(4×4, 3×3), taken where the cost model
+    predicts it faster than the other two's choice (costed as im2col: dz's
+    columns for "full", x's for "col2im").
     """
     if geo.pointwise:
         return "gemm"
     full = geo.transposed(filters)
     if full is None:
         return "col2im"
-    if winograd_fits(full, geo.channels):
-        return "winograd"
     # NOTE: measured on the benchmark networks' layers (benchmarks/RESULTS.md):
     # "full" is up to 25% faster where f <= c on maps of 7×7 and more (every
     # stride-1 ResNet conv); where f = 2c the two tie, and on 4×4 maps (dz's
     # columns there are mostly padding) col2im is faster.
     big = geo.out[0] * geo.out[1] >= 36
-    return "full" if filters <= geo.channels and big else "col2im"
+    other = "full" if filters <= geo.channels and big else "col2im"
+    cost = im2col_seconds(full, geo.channels) if other == "full" else im2col_seconds(geo, filters)
+    if winograd_shape(full) and winograd_seconds(full, geo.channels) < cost:
+        return "winograd"
+    return other
 
 
 # ---- im2col into scratch ----

@@ -19,7 +19,8 @@ training plan: what backward keeps of each activation (about one
 activation's worth per layer), the gradients alive at once (at most the two
 largest activations), weights, gradients, optimizer slots, the workspace
 twice (columns and their gradient), the scratch the lanes share (the
-Winograd kernel transform, the kernel-gradient partials: `Op.shared_scratch`;
+Winograd kernel transform, the kernel-gradient partials, and a Winograd
+dW's per-point sums, 36·c·f values a lane: `Op.shared_scratch`;
 the transform is part of `workspace` too), and what layers keep in their own
 buffers from forward to backward (`Op.kept_for_training`: a Winograd conv's
 transformed input tiles, 2.25 values per input value).
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 
 from cnndsl.ir import Graph, Layer, shapes_of
 from cnndsl.ops import OPS
+from cnndsl.ops.conv_kernels import LANE_SCRATCH
 
 BYTES = 4  # float32
 # Bytes of scratch the chunked conv kernels keep per lane: about 4 MiB of
@@ -47,8 +49,10 @@ BYTES = 4  # float32
 # 51 MiB for CIFAR ResNet-18. training_peak counts SCRATCH twice; its other
 # terms err on the safe side by more than the rest (see the module docstring).
 # Shared by the lanes, and counted apart (`shared_scratch`): the Winograd
-# kernel transform and the kernel-gradient partials.
-SCRATCH = 64 << 20
+# kernel transform and the kernel-gradient partials; and, also apart, a
+# Winograd dW's 36·c·f per-point sums in each lane, which lowering takes only
+# where they fit this cap (`conv_kernels.kernel_grad_method`).
+SCRATCH = LANE_SCRATCH
 
 
 @dataclass(frozen=True)

@@ -84,18 +84,19 @@ def test_kernel_gradient_partials_in_the_plan() -> None:
     from cnndsl.ops.conv_kernels import kernel_grad_partials
     from cnndsl.passes.memory import shared_scratch
 
-    text = "network n() {\n input x: [14, 14, 512]\n return x -> conv(512, 3)\n}"
+    text = "network n() {\n input x: [14, 14, 512]\n return x -> conv(1024, 3)\n}"
     g = cnndsl.compile(text).graph
     conv = [layer for layer in g if layer.op == "conv"][0]
     inputs = [g[p] for p in conv.inputs]
     geo = conv_geometry(conv.attrs, (14, 14, 512))
-    # 12×12 outputs, im2col dW (512·512 pairs): chunks of 4 samples (512 GEMM rows or more),
-    # so 16 chunks at batch 64, whose 9.4 MB partials are summed in 8 runs (64 MiB / 9.4 MB
-    # is 7, fewer than MIN_PARTIALS); one chunk at batch 4 or 1.
+    # 12×12 outputs, im2col dW (Winograd's 512·1024 per-point sums would overflow a lane's
+    # scratch): chunks of 4 samples (512 GEMM rows or more), so 16 chunks at batch 64, whose
+    # 19 MB partials are summed in 8 runs (64 MiB / 19 MB is 3, fewer than MIN_PARTIALS);
+    # one chunk at batch 4 or 1.
     for batch, count in ((1, 1), (4, 1), (64, 8)):
-        assert kernel_grad_partials(batch, geo, 512, 4) == count
+        assert kernel_grad_partials(batch, geo, 1024, 4) == count
         transform, partials = shared_scratch(conv, inputs, batch, 4)
-        assert (transform, partials) == (36 * 512 * 512 * 4, count * 9 * 512 * 512 * 4)
+        assert (transform, partials) == (36 * 512 * 1024 * 4, count * 9 * 512 * 1024 * 4)
 
 
 def test_workspace_is_capped_for_chunked_convs_only() -> None:
