@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from cnndsl.compiler import Network, compile, compile_block
@@ -51,11 +52,15 @@ def add_network_arguments(parser: argparse.ArgumentParser, example: str = "size=
     )
 
 
-def spec_path(spec: str | None) -> str:
-    """A SPEC argument as a path: zoo.NAME names a shipped spec."""
+def spec_path(spec: str | None) -> str | Path:
+    """A SPEC argument as a path: zoo.NAME names a shipped spec.
+
+    NOTE: a Path, so that cnndsl.compile reads any file named on the command
+    line (spec.txt, /dev/null) rather than taking a name without .cnn for spec text.
+    """
     if spec is None:
-        return str(resource_path("specs") / DEFAULT_SPEC)
-    return spec  # cnndsl.compile reads zoo.NAME itself
+        return resource_path("specs") / DEFAULT_SPEC
+    return spec if spec.startswith("zoo.") else Path(spec)  # compile reads zoo.NAME itself
 
 
 def parse_value(text: str) -> Any:

@@ -71,6 +71,19 @@ def test_missing_file_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[
     assert "no such file" in err and "Traceback" not in err
 
 
+def test_a_spec_file_named_without_cnn_is_read_as_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The SPEC argument names a file whatever its suffix; a device is refused, not parsed."""
+    spec = tmp_path / "lenet.txt"
+    spec.write_text((ROOT / "specs" / "lenet5.cnn").read_text())
+    assert main(["compile", str(spec)]) == 0
+    assert "Total params: 61,706" in capsys.readouterr().out
+    assert main(["compile", "/dev/null"]) == 1
+    err = capsys.readouterr().err
+    assert "E060" in err and "not a regular file" in err and "<string>" not in err
+
+
 def test_block_compilation(capsys: pytest.CaptureFixture[str]) -> None:
     spec = ROOT / "examples" / "language" / "inception.cnn"
     argv = [
